@@ -1,0 +1,62 @@
+"""Segment analytics for Python's standard ``logging``.
+
+Add :class:`SegmentHandler` to a logger and every record that carries a
+``user_id`` or ``anonymous_id`` in its ``extra`` becomes a Segment message,
+delivered in batches by a background thread. The classic client calls
+(``init``, ``identify``, ``track``...) ride the same pipeline.
+"""
+
+from __future__ import annotations
+
+from ._client import (
+    Client,
+    alias,
+    flush,
+    group,
+    identify,
+    init,
+    on_failure,
+    on_success,
+    page,
+    screen,
+    shutdown,
+    stats,
+    track,
+)
+from ._errors import (
+    ClosedError,
+    DeliveryError,
+    InvalidMessage,
+    MessageTooLarge,
+    QueueFull,
+    SegmentError,
+)
+from ._handler import SegmentHandler, SegmentQueueListener
+from ._transport import Response
+from ._version import __version__
+
+__all__ = [
+    "Client",
+    "ClosedError",
+    "DeliveryError",
+    "InvalidMessage",
+    "MessageTooLarge",
+    "QueueFull",
+    "Response",
+    "SegmentError",
+    "SegmentHandler",
+    "SegmentQueueListener",
+    "__version__",
+    "alias",
+    "flush",
+    "group",
+    "identify",
+    "init",
+    "on_failure",
+    "on_success",
+    "page",
+    "screen",
+    "shutdown",
+    "stats",
+    "track",
+]

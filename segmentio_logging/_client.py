@@ -1,0 +1,374 @@
+"""``Client`` and the module-level calls of the original client (``init``, ``identify``, ``track``...)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ._errors import SegmentError
+from ._message import _snapshot, build_message, encode
+from ._options import Options, resolve_options
+from ._transport import NullTransport, Transport
+from ._worker import Pipeline, Prepare
+
+Callback = Callable[[Any, Any], Any]
+
+
+def make_pipeline(options: Options, prepare: Optional[Prepare] = None) -> Pipeline:
+    """The queue, worker and transport that ``options`` describe."""
+    transport_class = Transport if options.send else NullTransport
+    transport = transport_class(
+        host=options.host,
+        write_key=options.write_key,
+        gzip=options.gzip,
+        timeout=options.timeout,
+        max_retries=options.max_retries,
+        retry_budget=options.retry_budget,
+    )
+    extra = {} if prepare is None else {"prepare": prepare}
+    return Pipeline(
+        transport,
+        batch_size=options.batch_size,
+        flush_interval=options.flush_interval,
+        max_queue_size=options.max_queue_size,
+        shutdown_timeout=options.shutdown_timeout,
+        on_success=options.on_success,
+        on_failure=options.on_failure,
+        sync_mode=options.sync_mode,
+        **extra,
+    )
+
+
+def _copy(value: Any) -> Any:
+    return None if value is None else _snapshot(value)
+
+
+class Client:
+    """A Segment client with its own queue, worker and connection pool.
+
+    Every call validates its arguments on the caller's thread (raising
+    ``ValueError`` for a call Segment would reject), builds the message, and
+    queues it; delivery happens in batches on the worker thread.
+    """
+
+    def __init__(self, write_key: Optional[str] = None, **options: Any) -> None:
+        self.options = resolve_options({"write_key": write_key, **options})
+        self._pipeline = make_pipeline(self.options)
+
+    def __repr__(self) -> str:
+        return f"<Client host={self.options.host!r} {self._pipeline!r}>"
+
+    # ------------------------------------------------------------------ calls
+
+    def identify(
+        self,
+        session_id: Any = None,
+        user_id: Any = None,
+        traits: Optional[Dict[str, Any]] = None,
+        *,
+        timestamp: Any = None,
+        context: Optional[Dict[str, Any]] = None,
+        integrations: Optional[Dict[str, Any]] = None,
+        message_id: Optional[str] = None,
+        anonymous_id: Any = None,
+    ) -> Optional[str]:
+        """Tie a user to their traits. Returns the message id, or None when it was dropped."""
+        return self._enqueue(
+            "identify",
+            user_id=user_id,
+            anonymous_id=anonymous_id if anonymous_id is not None else session_id,
+            traits=_copy(traits),
+            timestamp=timestamp,
+            context=_copy(context),
+            integrations=_copy(integrations),
+            message_id=message_id,
+        )
+
+    def track(
+        self,
+        session_id: Any = None,
+        user_id: Any = None,
+        event: Optional[str] = None,
+        properties: Optional[Dict[str, Any]] = None,
+        *,
+        timestamp: Any = None,
+        context: Optional[Dict[str, Any]] = None,
+        integrations: Optional[Dict[str, Any]] = None,
+        message_id: Optional[str] = None,
+        anonymous_id: Any = None,
+    ) -> Optional[str]:
+        """Record an action a user performed."""
+        return self._enqueue(
+            "track",
+            user_id=user_id,
+            anonymous_id=anonymous_id if anonymous_id is not None else session_id,
+            event=event,
+            properties=_copy(properties),
+            timestamp=timestamp,
+            context=_copy(context),
+            integrations=_copy(integrations),
+            message_id=message_id,
+        )
+
+    def group(
+        self,
+        session_id: Any = None,
+        user_id: Any = None,
+        group_id: Any = None,
+        traits: Optional[Dict[str, Any]] = None,
+        *,
+        timestamp: Any = None,
+        context: Optional[Dict[str, Any]] = None,
+        integrations: Optional[Dict[str, Any]] = None,
+        message_id: Optional[str] = None,
+        anonymous_id: Any = None,
+    ) -> Optional[str]:
+        """Associate a user with a group (a company, an account)."""
+        return self._enqueue(
+            "group",
+            user_id=user_id,
+            anonymous_id=anonymous_id if anonymous_id is not None else session_id,
+            group_id=group_id,
+            traits=_copy(traits),
+            timestamp=timestamp,
+            context=_copy(context),
+            integrations=_copy(integrations),
+            message_id=message_id,
+        )
+
+    def alias(
+        self,
+        previous_id: Any = None,
+        user_id: Any = None,
+        *,
+        timestamp: Any = None,
+        context: Optional[Dict[str, Any]] = None,
+        integrations: Optional[Dict[str, Any]] = None,
+        message_id: Optional[str] = None,
+    ) -> Optional[str]:
+        """Merge ``previous_id`` into ``user_id``."""
+        return self._enqueue(
+            "alias",
+            user_id=user_id,
+            previous_id=previous_id,
+            timestamp=timestamp,
+            context=_copy(context),
+            integrations=_copy(integrations),
+            message_id=message_id,
+        )
+
+    def page(
+        self,
+        session_id: Any = None,
+        user_id: Any = None,
+        category: Optional[str] = None,
+        name: Optional[str] = None,
+        properties: Optional[Dict[str, Any]] = None,
+        *,
+        timestamp: Any = None,
+        context: Optional[Dict[str, Any]] = None,
+        integrations: Optional[Dict[str, Any]] = None,
+        message_id: Optional[str] = None,
+        anonymous_id: Any = None,
+    ) -> Optional[str]:
+        """Record a page view."""
+        return self._enqueue(
+            "page",
+            user_id=user_id,
+            anonymous_id=anonymous_id if anonymous_id is not None else session_id,
+            category=category,
+            name=name,
+            properties=_copy(properties),
+            timestamp=timestamp,
+            context=_copy(context),
+            integrations=_copy(integrations),
+            message_id=message_id,
+        )
+
+    def screen(
+        self,
+        session_id: Any = None,
+        user_id: Any = None,
+        category: Optional[str] = None,
+        name: Optional[str] = None,
+        properties: Optional[Dict[str, Any]] = None,
+        *,
+        timestamp: Any = None,
+        context: Optional[Dict[str, Any]] = None,
+        integrations: Optional[Dict[str, Any]] = None,
+        message_id: Optional[str] = None,
+        anonymous_id: Any = None,
+    ) -> Optional[str]:
+        """Record a screen view in an app."""
+        return self._enqueue(
+            "screen",
+            user_id=user_id,
+            anonymous_id=anonymous_id if anonymous_id is not None else session_id,
+            category=category,
+            name=name,
+            properties=_copy(properties),
+            timestamp=timestamp,
+            context=_copy(context),
+            integrations=_copy(integrations),
+            message_id=message_id,
+        )
+
+    def _enqueue(self, kind: str, **fields: Any) -> Optional[str]:
+        message = build_message(kind, **fields)  # raises InvalidMessage (a ValueError)
+        try:
+            data = encode(message)
+        except SegmentError as error:
+            self._pipeline.reject(message, error)
+            return None
+        item: Tuple[Dict[str, Any], bytes] = (message, data)
+        if not self._pipeline.put(item):
+            return None
+        return message["messageId"]  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ control
+
+    def on_success(self, fn: Optional[Callback]) -> None:
+        """Call ``fn(data, response)`` for each delivered batch (``data``: its messages)."""
+        self._pipeline.on_success = fn
+
+    def on_failure(self, fn: Optional[Callback]) -> None:
+        """Call ``fn(data, error)`` for each batch or message that will not be delivered."""
+        self._pipeline.on_failure = fn
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Block until everything queued so far is delivered or failed; False at the timeout."""
+        return self._pipeline.flush(timeout)
+
+    def shutdown(self, timeout: Optional[float] = None) -> bool:
+        """Deliver what can be delivered within ``timeout`` (default ``shutdown_timeout``), then stop."""
+        return self._pipeline.close(timeout)
+
+    close = shutdown
+
+    def stats(self) -> Dict[str, int]:
+        """Counters: enqueued, delivered, failed, dropped, pending, batches, retries."""
+        return self._pipeline.stats()
+
+
+# ---------------------------------------------------------------------- module level
+
+_default: Optional[Client] = None
+_default_lock = threading.Lock()
+_callbacks: Dict[str, Optional[Callback]] = {}
+
+
+def init(write_key: Optional[str] = None, **options: Any) -> Client:
+    """Create (or replace) the default client that the module-level calls use."""
+    global _default
+    client = Client(write_key, **options)
+    with _default_lock:
+        old, _default = _default, client
+        for name, fn in _callbacks.items():
+            if options.get(name) is None:
+                getattr(client, name)(fn)
+    if old is not None:
+        old.shutdown()
+    return client
+
+
+def default_client() -> Client:
+    """The client the module-level calls use; made from ``SEGMENT_*`` variables if ``init`` was not called."""
+    global _default
+    client = _default
+    if client is not None:
+        return client
+    with _default_lock:
+        if _default is None:
+            try:
+                _default = Client()
+            except ValueError as exc:
+                raise ValueError(f"call segmentio_logging.init(write_key) first: {exc}") from None
+            for name, fn in _callbacks.items():
+                getattr(_default, name)(fn)
+        return _default
+
+
+def identify(*args: Any, **kwargs: Any) -> Optional[str]:
+    return default_client().identify(*args, **kwargs)
+
+
+def track(*args: Any, **kwargs: Any) -> Optional[str]:
+    return default_client().track(*args, **kwargs)
+
+
+def group(*args: Any, **kwargs: Any) -> Optional[str]:
+    return default_client().group(*args, **kwargs)
+
+
+def alias(*args: Any, **kwargs: Any) -> Optional[str]:
+    return default_client().alias(*args, **kwargs)
+
+
+def page(*args: Any, **kwargs: Any) -> Optional[str]:
+    return default_client().page(*args, **kwargs)
+
+
+def screen(*args: Any, **kwargs: Any) -> Optional[str]:
+    return default_client().screen(*args, **kwargs)
+
+
+for _method in (identify, track, group, alias, page, screen):
+    _method.__doc__ = getattr(Client, _method.__name__).__doc__
+
+
+def on_success(fn: Optional[Callback]) -> None:
+    """Set the default client's success callback, ``fn(data, response)``."""
+    _set_callback("on_success", fn)
+
+
+def on_failure(fn: Optional[Callback]) -> None:
+    """Set the default client's failure callback, ``fn(data, error)``."""
+    _set_callback("on_failure", fn)
+
+
+def _set_callback(name: str, fn: Optional[Callback]) -> None:
+    with _default_lock:
+        _callbacks[name] = fn
+        client = _default
+    if client is not None:
+        getattr(client, name)(fn)
+
+
+def flush(timeout: Optional[float] = None) -> bool:
+    """Flush the default client; True when nothing is left pending (also when there is no client)."""
+    client = _default
+    return True if client is None else client.flush(timeout)
+
+
+def shutdown(timeout: Optional[float] = None) -> bool:
+    """Flush and stop the default client; the next call starts a new one."""
+    global _default
+    with _default_lock:
+        client, _default = _default, None
+    return True if client is None else client.shutdown(timeout)
+
+
+def stats() -> Dict[str, int]:
+    """The default client's counters (zeros before the first call)."""
+    client = _default
+    if client is None:
+        return {"enqueued": 0, "delivered": 0, "failed": 0, "dropped": 0, "pending": 0}
+    return client.stats()
+
+
+__all__: List[str] = [
+    "Client",
+    "alias",
+    "default_client",
+    "flush",
+    "group",
+    "identify",
+    "init",
+    "on_failure",
+    "on_success",
+    "page",
+    "screen",
+    "shutdown",
+    "stats",
+    "track",
+]

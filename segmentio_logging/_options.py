@@ -1,0 +1,218 @@
+"""Options: keyword arguments, then ``SEGMENT_*`` environment variables, then defaults.
+
+Every option takes a JSON-friendly value so that ``dictConfig``, ``fileConfig``,
+Django settings and YAML files can set it; numbers and booleans may also be
+given as strings, and a callable as a dotted path (``"package.module.function"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Dict, Mapping, Optional
+
+from ._message import RESERVED_FIELDS, MAX_BATCH_COUNT
+
+DEFAULT_HOST = "https://api.segment.io"
+
+SuccessCallback = Callable[[Any, Any], Any]
+FailureCallback = Callable[[Any, Any], Any]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated settings of a handler or client. Build it with :func:`resolve_options`."""
+
+    write_key: Optional[str] = None
+    host: str = DEFAULT_HOST
+    gzip: bool = True
+    batch_size: int = 100
+    flush_interval: float = 0.5
+    max_queue_size: int = 10_000
+    timeout: float = 15.0
+    max_retries: int = 10
+    retry_budget: float = 60.0
+    shutdown_timeout: float = 5.0
+    on_success: Optional[SuccessCallback] = None
+    on_failure: Optional[FailureCallback] = None
+    send: bool = True
+    sync_mode: bool = False
+    capture_extra: bool = False
+    field_names: Dict[str, str] = field(default_factory=dict)
+
+
+def env_var(name: str) -> str:
+    """The environment variable that sets option ``name``."""
+    return "SEGMENT_" + name.upper()
+
+
+OPTION_NAMES = tuple(f.name for f in fields(Options))
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise TypeError(f"{name} must be a boolean (true/false), got {value!r}")
+
+
+def _number(name: str, value: Any, kind: type, low: float, high: Optional[float]) -> Any:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = kind(value.strip())
+        except ValueError:
+            raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if kind is float and isinstance(value, int):
+        value = float(value)
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if value != value or value < low or (high is not None and value > high):
+        bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return value
+
+
+def _callback(name: str, value: Any) -> Optional[Callable[..., Any]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = resolve_dotted(name, value)
+    if not callable(value):
+        raise TypeError(f"{name} must be a callable or a dotted path to one, got {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+def resolve_dotted(name: str, path: str) -> Any:
+    """Import ``"package.module.attr"`` (or ``"package.module:attr"``)."""
+    text = path.strip()
+    if text.startswith("ext://"):
+        text = text[len("ext://") :]
+    module_name, sep, attr = text.replace(":", ".").rpartition(".")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{name} must be a dotted path such as 'package.module.function', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{name}: cannot import {module_name!r} from {path!r}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"{name}: module {module_name!r} has no attribute {attr!r}") from None
+
+
+def _field_names(name: str, value: Any) -> Dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise TypeError(f"{name} must be a JSON object of strings, got {value!r}") from None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping of reserved key to attribute name, got {value!r}")
+    result: Dict[str, str] = {}
+    for key, attr in value.items():
+        if key not in RESERVED_FIELDS:
+            known = ", ".join(sorted(RESERVED_FIELDS))
+            raise ValueError(f"{name}: {key!r} is not a reserved key; the keys are {known}")
+        if not isinstance(attr, str) or not attr.isidentifier():
+            raise ValueError(f"{name}: the attribute for {key!r} must be an identifier, got {attr!r}")
+        result[key] = attr
+    return result
+
+
+def _host(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError(f"{name} must be a URL such as 'https://api.segment.io', got {value!r}")
+    text = value.strip().rstrip("/")
+    if "://" not in text:
+        text = "https://" + text
+    scheme = text.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{name} must be an http:// or https:// URL, got {value!r}")
+    return text
+
+
+def _write_key(name: str, value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    return value.strip() or None
+
+
+def _convert(name: str, value: Any) -> Any:
+    if name == "write_key":
+        return _write_key(name, value)
+    if name == "host":
+        return _host(name, value)
+    if name in ("gzip", "send", "sync_mode", "capture_extra"):
+        return _bool(name, value)
+    if name == "batch_size":
+        return _number(name, value, int, 1, MAX_BATCH_COUNT)
+    if name == "max_queue_size":
+        return _number(name, value, int, 1, None)
+    if name == "max_retries":
+        return _number(name, value, int, 0, 100)
+    if name == "flush_interval":
+        return _number(name, value, float, 0.001, 3600)
+    if name in ("timeout",):
+        return _number(name, value, float, 0.001, 3600)
+    if name in ("retry_budget", "shutdown_timeout"):
+        return _number(name, value, float, 0, 86_400)
+    if name in ("on_success", "on_failure"):
+        return _callback(name, value)
+    if name == "field_names":
+        return _field_names(name, value)
+    raise AssertionError(name)  # pragma: no cover
+
+
+def resolve_options(
+    given: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None
+) -> Options:
+    """Validate keyword options, filling the unset ones from the environment.
+
+    Raises ``TypeError`` for an unknown option or a value of the wrong type and
+    ``ValueError`` for a value out of range, naming the option (and the
+    environment variable it came from).
+    """
+    env = os.environ if environ is None else environ
+    unknown = sorted(set(given) - set(OPTION_NAMES))
+    if unknown:
+        raise TypeError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"the options are {', '.join(OPTION_NAMES)}"
+        )
+    values: Dict[str, Any] = {}
+    for name in OPTION_NAMES:
+        if given.get(name) is not None:
+            values[name] = _convert(name, given[name])
+        elif env.get(env_var(name)) not in (None, ""):
+            label = f"{name} (from {env_var(name)})"
+            try:
+                values[name] = _convert(name, env[env_var(name)])
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(str(exc).replace(name, label, 1)) from None
+    options = Options(**values)
+    if options.send and not options.write_key:
+        raise ValueError(
+            "write_key is required: pass write_key=... or set SEGMENT_WRITE_KEY "
+            "(or pass send=False to build messages without delivering them)"
+        )
+    return options

@@ -1,0 +1,274 @@
+"""HTTP delivery of encoded batches: ``POST {host}/v1/batch`` over one urllib3 pool.
+
+Knows nothing of logging. Retries 5xx (but 501 and 505), 408, 429 and network
+errors with exponential backoff and full jitter, honours ``Retry-After`` on 429
+and 503, splits a batch on 413, and never waits past its deadline.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import encodings.idna  # noqa: F401  (imported lazily by socket code; a fork mid-import breaks it)
+import math
+import platform
+import random
+import threading
+import time
+import zlib
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import urllib3
+from urllib3.exceptions import HTTPError
+
+from ._errors import DeliveryError
+from ._message import batch_body, format_timestamp
+from ._version import __version__
+
+BATCH_PATH = "/v1/batch"
+GZIP_LEVEL = 6
+BACKOFF_BASE = 0.5  # seconds before the first retry, at most; doubles each time
+BACKOFF_CAP = 10.0
+MAX_RETRY_AFTER = 60.0
+MAX_BODY_TEXT = 2_000
+
+USER_AGENT = (
+    f"segmentio-logging/{__version__} (python {platform.python_version()}; "
+    f"urllib3 {urllib3.__version__})"
+)
+
+
+class Response:
+    """What ``on_success`` receives: the receiver's answer to one batch."""
+
+    __slots__ = ("attempts", "headers", "status", "text")
+
+    def __init__(self, status: int, headers: Mapping[str, str], text: str, attempts: int) -> None:
+        self.status = status
+        self.headers = dict(headers)
+        self.text = text
+        self.attempts = attempts
+
+    def __repr__(self) -> str:
+        return f"Response(status={self.status}, attempts={self.attempts}, text={self.text[:80]!r})"
+
+
+# One settled slice of a batch: [start, end) and how it ended.
+Outcome = Tuple[int, int, Union[Response, DeliveryError]]
+
+
+class Deadline:
+    """A time limit that another thread may bring forward (shutdown), waking waiters."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._at = math.inf
+
+    @property
+    def at(self) -> float:
+        return self._at
+
+    def set(self, at: float) -> None:
+        with self._cond:
+            self._at = min(self._at, at)
+            self._cond.notify_all()
+
+    def sleep_until(self, wake_at: float, limit: Callable[[], float]) -> bool:
+        """Sleep until ``wake_at``; False as soon as ``wake_at`` falls past ``limit()``."""
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if wake_at > limit():
+                    return False
+                if now >= wake_at:
+                    return True
+                self._cond.wait(wake_at - now)
+
+
+def is_retryable(status: Optional[int]) -> bool:
+    """Network errors, 408, 429 and 5xx other than 501 and 505."""
+    if status is None:
+        return True
+    if status in (408, 429):
+        return True
+    return 500 <= status <= 599 and status not in (501, 505)
+
+
+def retry_after(headers: Mapping[str, str], now: Optional[float] = None) -> Optional[float]:
+    """Seconds a ``Retry-After`` header asks for (delta seconds or HTTP date), capped."""
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def backoff(attempt: int) -> float:
+    """Full jitter: uniform between 0 and ``BACKOFF_BASE * 2**(attempt-1)``, capped."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * (2 ** max(attempt - 1, 0))))
+
+
+def _gzip(body: bytes) -> bytes:
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    return compressor.compress(body) + compressor.flush()
+
+
+class Transport:
+    """Sends batches of encoded messages to one Segment-compatible host."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        write_key: Optional[str],
+        gzip: bool = True,
+        timeout: float = 15.0,
+        max_retries: int = 10,
+        retry_budget: float = 60.0,
+    ) -> None:
+        self.url = host.rstrip("/") + BATCH_PATH
+        self.write_key = write_key
+        self.gzip = gzip
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.retry_budget = retry_budget
+        self.headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            "Authorization": "Basic "
+            + base64.b64encode(f"{write_key or ''}:".encode()).decode("ascii"),
+        }
+        if gzip:
+            self.headers["Content-Encoding"] = "gzip"
+        self._pool = self._new_pool()
+
+    def __repr__(self) -> str:
+        return f"Transport(url={self.url!r}, gzip={self.gzip})"
+
+    @staticmethod
+    def _new_pool() -> urllib3.PoolManager:
+        return urllib3.PoolManager(num_pools=2, maxsize=2, retries=False)
+
+    def reset_after_fork(self) -> None:
+        """A child must not share the parent's sockets."""
+        self._pool = self._new_pool()
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    def post(self, body: bytes, timeout: float) -> Tuple[int, Dict[str, str], str]:
+        """One request; raises urllib3's errors for network failures."""
+        if self.gzip:
+            body = _gzip(body)
+        response = self._pool.request(
+            "POST",
+            self.url,
+            body=body,
+            headers=self.headers,
+            timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
+            retries=False,
+            redirect=False,
+            preload_content=True,
+        )
+        text = response.data[:MAX_BODY_TEXT].decode("utf-8", "replace")
+        return response.status, dict(response.headers), text
+
+    def deliver(self, parts: List[bytes], deadline: Optional[Deadline] = None) -> List[Outcome]:
+        """Send ``parts`` (encoded messages) and say how each slice of them ended.
+
+        Blocks for retries, never past ``retry_budget`` nor past ``deadline``.
+        """
+        outcomes: List[Outcome] = []
+        self._deliver_range(parts, 0, len(parts), deadline or Deadline(), outcomes)
+        return outcomes
+
+    def _deliver_range(
+        self, parts: List[bytes], start: int, end: int, deadline: Deadline, out: List[Outcome]
+    ) -> None:
+        count = end - start
+        budget_end = time.monotonic() + self.retry_budget
+
+        def limit() -> float:
+            return min(budget_end, deadline.at)
+
+        attempts = 0
+        last: Optional[Tuple[Optional[int], str]] = None
+        while True:
+            remaining = limit() - time.monotonic()
+            if remaining <= 0:
+                reason = (
+                    "shutdown deadline reached"
+                    if deadline.at <= budget_end
+                    else f"retry budget of {self.retry_budget:g}s used up"
+                )
+                out.append((start, end, self._give_up(reason, count, attempts, last)))
+                return
+            body = batch_body(parts[start:end], self.write_key, format_timestamp(time.time()))
+            attempts += 1
+            status: Optional[int]
+            headers: Dict[str, str] = {}
+            try:
+                status, headers, text = self.post(body, min(self.timeout, remaining))
+            except (HTTPError, OSError) as exc:
+                status, text = None, f"{type(exc).__name__}: {exc}"
+            last = (status, text)
+            if status is not None and 200 <= status < 300:
+                out.append((start, end, Response(status, headers, text, attempts)))
+                return
+            if status == 413 and count > 1:
+                middle = start + count // 2
+                self._deliver_range(parts, start, middle, deadline, out)
+                self._deliver_range(parts, middle, end, deadline, out)
+                return
+            if not is_retryable(status) or status == 413:
+                out.append((start, end, self._give_up("rejected", count, attempts, last)))
+                return
+            if attempts > self.max_retries:
+                reason = f"gave up after {attempts} attempts (max_retries={self.max_retries})"
+                out.append((start, end, self._give_up(reason, count, attempts, last)))
+                return
+            asked = retry_after(headers) if status in (429, 503) else None
+            delay = asked if asked is not None else backoff(attempts)
+            if not deadline.sleep_until(time.monotonic() + delay, limit):
+                why = (
+                    "shutdown deadline"
+                    if deadline.at <= budget_end
+                    else f"retry budget of {self.retry_budget:g}s"
+                )
+                reason = f"gave up: the next retry in {delay:.1f}s would pass the {why}"
+                out.append((start, end, self._give_up(reason, count, attempts, last)))
+                return
+
+    @staticmethod
+    def _give_up(
+        reason: str, count: int, attempts: int, last: Optional[Tuple[Optional[int], str]]
+    ) -> DeliveryError:
+        status, text = last if last is not None else (None, "")
+        detail = f"HTTP {status}" if status is not None else (text or "not sent")
+        return DeliveryError(
+            f"{count} message{'s' if count != 1 else ''} not delivered: {reason} ({detail})",
+            count=count,
+            status=status,
+            body=text,
+            attempts=attempts,
+        )
+
+
+class NullTransport(Transport):
+    """For ``send=False``: accepts every batch without a network."""
+
+    def deliver(self, parts: List[bytes], deadline: Optional[Deadline] = None) -> List[Outcome]:
+        return [(0, len(parts), Response(0, {}, "", 0))] if parts else []

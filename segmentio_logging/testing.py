@@ -1,0 +1,270 @@
+"""``LocalCollector``: a Segment-compatible receiver on 127.0.0.1 for tests and demos.
+
+It is a real HTTP server in a background thread. It records every request
+(path, headers, decoded body) and answers as scripted: a status, a delay, a
+``Retry-After`` header, a connection reset, or a hang that never answers.
+
+    with LocalCollector() as collector:
+        handler = SegmentHandler("key", host=collector.url)
+        ...
+        collector.wait_for_messages(3)
+        assert collector.messages[0]["event"] == "Played a Song"
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Deque, Dict, Iterable, List, Optional
+
+__all__ = ["LocalCollector", "Reply", "Request"]
+
+SINGLE_CALL_PATHS = {
+    "/v1/track": "track",
+    "/v1/identify": "identify",
+    "/v1/group": "group",
+    "/v1/alias": "alias",
+    "/v1/page": "page",
+    "/v1/screen": "screen",
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """How the collector answers one request.
+
+    ``delay`` waits before answering; ``reset`` closes the connection with a
+    TCP reset instead of answering; ``hang`` keeps it open without an answer
+    until the collector stops (or :meth:`LocalCollector.release_hangs`).
+    """
+
+    status: int = 200
+    body: str = '{"success":true}'
+    headers: Dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    reset: bool = False
+    hang: bool = False
+
+    @classmethod
+    def retry_after(cls, seconds: float, status: int = 429) -> "Reply":
+        return cls(status=status, body='{"error":"rate limited"}', headers={"Retry-After": f"{seconds:g}"})
+
+
+@dataclass
+class Request:
+    """One request the collector received."""
+
+    method: str
+    path: str
+    headers: Dict[str, str]
+    raw: bytes
+    body: Any
+    status: Optional[int]
+    received_at: float
+
+    @property
+    def write_key(self) -> Optional[str]:
+        """The user name of the Basic auth header (Segment's write key), if any."""
+        auth = self.headers.get("authorization", "")
+        if not auth.lower().startswith("basic "):
+            return None
+        try:
+            user, _, _ = base64.b64decode(auth[6:]).decode("utf-8").partition(":")
+        except Exception:
+            return None
+        return user
+
+    @property
+    def messages(self) -> List[Dict[str, Any]]:
+        """The messages the request carried (the batch, or the one single-call message)."""
+        if not isinstance(self.body, dict):
+            return []
+        if self.path.rstrip("/") == "/v1/batch":
+            batch = self.body.get("batch")
+            return [m for m in batch if isinstance(m, dict)] if isinstance(batch, list) else []
+        kind = SINGLE_CALL_PATHS.get(self.path.rstrip("/"))
+        if kind is not None:
+            return [{"type": kind, **self.body}]
+        return []
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "_Server"
+
+    def log_message(self, format: str, *args: Any) -> None:  # silence the default stderr log
+        pass
+
+    def do_POST(self) -> None:
+        collector = self.server.collector
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        reply = collector._next_reply()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        body: Any = None
+        try:
+            data = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
+            body = json.loads(data.decode("utf-8")) if data else None
+        except Exception:
+            body = None
+        answered = None if (reply.reset or reply.hang) else reply.status
+        collector._record(Request("POST", self.path, headers, raw, body, answered, time.time()))
+        if reply.delay:
+            collector._stopping.wait(reply.delay)
+        if reply.hang:
+            collector._released.wait(300)
+            self.close_connection = True
+            return
+        if reply.reset:
+            self._reset()
+            return
+        payload = reply.body.encode("utf-8")
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+        collector._answered(reply.status)
+
+    def _reset(self) -> None:
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+        self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    collector: "LocalCollector"
+
+
+class LocalCollector:
+    """A scriptable Segment-compatible receiver on 127.0.0.1 (port 0 picks a free port)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = _Server((host, port), _Handler)
+        self._server.collector = self
+        self._cond = threading.Condition()
+        self._requests: List[Request] = []
+        self._script: Deque[Reply] = deque()
+        self.default = Reply()
+        self._stopping = threading.Event()
+        self._released = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    # ------------------------------------------------------------------ life
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "LocalCollector":
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="segmentio-logging-collector",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._released.set()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(5)
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> "LocalCollector":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<LocalCollector {self.url} requests={len(self._requests)}>"
+
+    # ------------------------------------------------------------------ script
+
+    def script(self, *replies: Reply) -> None:
+        """Answer the next requests with ``replies``, in order; then with ``default``."""
+        with self._cond:
+            self._script.extend(replies)
+
+    def release_hangs(self) -> None:
+        """Let requests held by ``Reply(hang=True)`` go (their connections close unanswered)."""
+        self._released.set()
+
+    def _next_reply(self) -> Reply:
+        with self._cond:
+            return self._script.popleft() if self._script else self.default
+
+    def _record(self, request: Request) -> None:
+        with self._cond:
+            self._requests.append(request)
+            self._cond.notify_all()
+
+    def _answered(self, status: int) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ results
+
+    @property
+    def requests(self) -> List[Request]:
+        """Every request received, in order."""
+        with self._cond:
+            return list(self._requests)
+
+    @property
+    def accepted(self) -> List[Request]:
+        """The requests answered with a 2xx status."""
+        return [r for r in self.requests if r.status is not None and 200 <= r.status < 300]
+
+    @property
+    def messages(self) -> List[Dict[str, Any]]:
+        """The messages of accepted requests, in the order received."""
+        return [m for r in self.accepted for m in r.messages]
+
+    def clear(self) -> None:
+        with self._cond:
+            self._requests.clear()
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0) -> bool:
+        """Wait until ``predicate(collector)`` is true; False at the timeout."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self):
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.5))
+            return True
+
+    def wait_for_messages(self, count: int, timeout: float = 10.0) -> bool:
+        """Wait until at least ``count`` messages were accepted."""
+        return self.wait_for(lambda c: sum(len(r.messages) for r in c._accepted_unlocked()) >= count, timeout)
+
+    def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
+        """Wait until at least ``count`` requests arrived (whatever the answer)."""
+        return self.wait_for(lambda c: len(c._requests) >= count, timeout)
+
+    def _accepted_unlocked(self) -> Iterable[Request]:
+        return (r for r in self._requests if r.status is not None and 200 <= r.status < 300)
