@@ -1,4 +1,4 @@
-"""``Client`` and the module-level calls of the original client (``init``, ``identify``, ``track``...)."""
+"""``Client``, and the original client's module-level calls (``init``, ``track``...)."""
 
 from __future__ import annotations
 
@@ -240,7 +240,7 @@ class Client:
         return self._pipeline.flush(timeout)
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
-        """Deliver what can be delivered within ``timeout`` (default ``shutdown_timeout``), then stop."""
+        """Deliver what can be delivered within ``timeout`` (or ``shutdown_timeout``), then stop."""
         return self._pipeline.close(timeout)
 
     close = shutdown
@@ -272,7 +272,7 @@ def init(write_key: Optional[str] = None, **options: Any) -> Client:
 
 
 def default_client() -> Client:
-    """The client the module-level calls use; made from ``SEGMENT_*`` variables if ``init`` was not called."""
+    """The client of the module-level calls; without ``init``, made from ``SEGMENT_*`` variables."""
     global _default
     client = _default
     if client is not None:
@@ -335,7 +335,7 @@ def _set_callback(name: str, fn: Optional[Callback]) -> None:
 
 
 def flush(timeout: Optional[float] = None) -> bool:
-    """Flush the default client; True when nothing is left pending (also when there is no client)."""
+    """Flush the default client; True when nothing is left pending (or there is no client)."""
     client = _default
     return True if client is None else client.flush(timeout)
 

@@ -94,7 +94,7 @@ class SegmentHandler(logging.Handler):
             super().close()
 
     def stats(self) -> Dict[str, int]:
-        """Counters: enqueued, delivered, failed, dropped, pending, skipped (no id), ignored (own loggers)."""
+        """Counters: enqueued, delivered, failed, dropped, pending; skipped (no id) and ignored."""
         counts = self._pipeline.stats()
         with self._count_lock:
             counts["skipped"] = self._skipped

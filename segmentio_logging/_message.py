@@ -146,8 +146,7 @@ def normalize_timestamp(value: Any) -> str:
             parsed = dt.datetime.fromisoformat(text)
         except ValueError:
             raise InvalidMessage(
-                f"timestamp {_preview(value)} is not ISO-8601 (for example "
-                "'2026-01-02T03:04:05Z')"
+                f"timestamp {_preview(value)} is not ISO-8601 (for example '2026-01-02T03:04:05Z')"
             ) from None
         return _format_datetime(parsed)
     raise InvalidMessage(
@@ -404,9 +403,9 @@ def build_message(
         message["properties"] = _mapping(properties, "properties") or {}
 
     user_context = _mapping(context, "context")
-    message["context"] = {**user_context, "library": _LIBRARY} if user_context else {
-        "library": _LIBRARY
-    }
+    message["context"] = (
+        {**user_context, "library": _LIBRARY} if user_context else {"library": _LIBRARY}
+    )
     if integrations is not None:
         message["integrations"] = _mapping(integrations, "integrations")
     if timestamp is not None:
@@ -454,16 +453,20 @@ class RecordMapper:
     :meth:`build` runs on the worker and makes the message from that capture.
     """
 
-    __slots__ = ("_attrs", "_capture_extra", "_reserved_attrs", "_session_attr", "_uid", "_aid")
+    __slots__ = ("_aid", "_attrs", "_capture_extra", "_reserved_attrs", "_session_attr", "_uid")
 
-    def __init__(self, field_names: Optional[Mapping[str, str]] = None, capture_extra: bool = False):
+    def __init__(
+        self, field_names: Optional[Mapping[str, str]] = None, capture_extra: bool = False
+    ):
         names = {key: key for key in RESERVED_FIELDS}
         names.update(field_names or {})
         self._uid = names["user_id"]
         self._aid = names["anonymous_id"]
         self._session_attr = SESSION_ID if names["anonymous_id"] == "anonymous_id" else None
         self._attrs: Tuple[Tuple[str, str], ...] = tuple(
-            sorted((key, attr) for key, attr in names.items() if key not in ("user_id", "anonymous_id"))
+            sorted(
+                (key, attr) for key, attr in names.items() if key not in ("user_id", "anonymous_id")
+            )
         )
         self._reserved_attrs = frozenset(names.values()) | {SESSION_ID}
         self._capture_extra = capture_extra
@@ -526,12 +529,11 @@ class RecordMapper:
         traits = get("traits")
         extra = get("extra")
         if extra:
+            # Explicit properties or traits win over the record's other attributes.
             if kind in ("identify", "group"):
-                traits = {**extra, **_mapping(traits, "traits")} if traits is not None else extra
+                traits = {**extra, **(_mapping(traits, "traits") or {})}
             elif kind != "alias":
-                properties = (
-                    {**extra, **_mapping(properties, "properties")} if properties is not None else extra
-                )
+                properties = {**extra, **(_mapping(properties, "properties") or {})}
         event = get("event")
         name = None
         if kind == "track" and event is None:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from ._message import RESERVED_FIELDS, MAX_BATCH_COUNT
+from ._message import MAX_BATCH_COUNT, RESERVED_FIELDS
 
 DEFAULT_HOST = "https://api.segment.io"
 
@@ -81,8 +81,10 @@ def _number(name: str, value: Any, kind: type, low: float, high: Optional[float]
     if kind is float and isinstance(value, int):
         value = float(value)
     if not isinstance(value, kind):
-        raise TypeError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    if value != value or value < low or (high is not None and value > high):
+        raise TypeError(
+            f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+        )
+    if value != value or value < low or (high is not None and value > high):  # type: ignore[operator]
         bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
     return value
@@ -105,7 +107,9 @@ def resolve_dotted(name: str, path: str) -> Any:
         text = text[len("ext://") :]
     module_name, sep, attr = text.replace(":", ".").rpartition(".")
     if not sep or not module_name or not attr:
-        raise ValueError(f"{name} must be a dotted path such as 'package.module.function', got {path!r}")
+        raise ValueError(
+            f"{name} must be a dotted path such as 'package.module.function', got {path!r}"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -125,14 +129,18 @@ def _field_names(name: str, value: Any) -> Dict[str, str]:
         except ValueError:
             raise TypeError(f"{name} must be a JSON object of strings, got {value!r}") from None
     if not isinstance(value, Mapping):
-        raise TypeError(f"{name} must be a mapping of reserved key to attribute name, got {value!r}")
+        raise TypeError(
+            f"{name} must be a mapping of reserved key to attribute name, got {value!r}"
+        )
     result: Dict[str, str] = {}
     for key, attr in value.items():
         if key not in RESERVED_FIELDS:
             known = ", ".join(sorted(RESERVED_FIELDS))
             raise ValueError(f"{name}: {key!r} is not a reserved key; the keys are {known}")
         if not isinstance(attr, str) or not attr.isidentifier():
-            raise ValueError(f"{name}: the attribute for {key!r} must be an identifier, got {attr!r}")
+            raise ValueError(
+                f"{name}: the attribute for {key!r} must be an identifier, got {attr!r}"
+            )
         result[key] = attr
     return result
 

@@ -34,7 +34,7 @@ MAX_BODY_TEXT = 2_000
 
 USER_AGENT = (
     f"segmentio-logging/{__version__} (python {platform.python_version()}; "
-    f"urllib3 {urllib3.__version__})"
+    f"urllib3 {getattr(urllib3, '__version__', '?')})"
 )
 
 

@@ -30,7 +30,7 @@ Callback = Callable[[Any, Any], Any]
 # itself (urllib3 logs each request) and any thread already inside ``emit``.
 guard = threading.local()
 
-_live: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
+_live: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 
 
 def _prepared(item: Any) -> Tuple[Dict[str, Any], bytes]:
@@ -162,7 +162,9 @@ class Pipeline:
         with self._lock:
             if self._thread is not None or self._closed:
                 return
-            thread = threading.Thread(target=self._run, name="segmentio-logging-worker", daemon=True)
+            thread = threading.Thread(
+                target=self._run, name="segmentio-logging-worker", daemon=True
+            )
             try:
                 thread.start()
                 self._thread = thread
@@ -218,8 +220,8 @@ class Pipeline:
                 continue
             except Exception as exc:  # a bug or a hostile object: report, never stop
                 dropped += 1
-                error = InvalidMessage(f"could not build the message: {type(exc).__name__}: {exc}")
-                self._call(self.on_failure, [item], error)
+                reason = f"could not build the message: {type(exc).__name__}: {exc}"
+                self._call(self.on_failure, [item], InvalidMessage(reason))
                 continue
             if parts and size + len(data) + 1 > self._max_bytes:
                 self._send(messages, parts)
@@ -355,8 +357,9 @@ class Pipeline:
             self._dropped_worker += len(left)
             self._settled_cond.notify_all()
         if left:
+            plural = "s" if len(left) != 1 else ""
             error = ClosedError(
-                f"{len(left)} message{'s' if len(left) != 1 else ''} still queued at close; not sent",
+                f"{len(left)} message{plural} still queued at close: not sent",
                 count=len(left),
             )
             self._call(self.on_failure, left, error)

@@ -54,8 +54,10 @@ class Reply:
     hang: bool = False
 
     @classmethod
-    def retry_after(cls, seconds: float, status: int = 429) -> "Reply":
-        return cls(status=status, body='{"error":"rate limited"}', headers={"Retry-After": f"{seconds:g}"})
+    def retry_after(cls, seconds: float, status: int = 429) -> Reply:
+        return cls(
+            status=status, body='{"error":"rate limited"}', headers={"Retry-After": f"{seconds:g}"}
+        )
 
 
 @dataclass
@@ -98,7 +100,7 @@ class Request:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # silence the default stderr log
         pass
@@ -148,7 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    collector: "LocalCollector"
+    collector: LocalCollector
 
 
 class LocalCollector:
@@ -170,9 +172,9 @@ class LocalCollector:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
-    def start(self) -> "LocalCollector":
+    def start(self) -> LocalCollector:
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
@@ -192,7 +194,7 @@ class LocalCollector:
             self._thread = None
         self._server.server_close()
 
-    def __enter__(self) -> "LocalCollector":
+    def __enter__(self) -> LocalCollector:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -260,7 +262,9 @@ class LocalCollector:
 
     def wait_for_messages(self, count: int, timeout: float = 10.0) -> bool:
         """Wait until at least ``count`` messages were accepted."""
-        return self.wait_for(lambda c: sum(len(r.messages) for r in c._accepted_unlocked()) >= count, timeout)
+        return self.wait_for(
+            lambda c: sum(len(r.messages) for r in c._accepted_unlocked()) >= count, timeout
+        )
 
     def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
         """Wait until at least ``count`` requests arrived (whatever the answer)."""
