@@ -23,6 +23,7 @@ from ._client import (
     stats,
     track,
 )
+from ._context import SegmentLoggerAdapter, bind, current_identity, identified, unbind
 from ._errors import (
     ClosedError,
     DeliveryError,
@@ -45,11 +46,15 @@ __all__ = [
     "Response",
     "SegmentError",
     "SegmentHandler",
+    "SegmentLoggerAdapter",
     "SegmentQueueListener",
     "__version__",
     "alias",
+    "bind",
+    "current_identity",
     "flush",
     "group",
+    "identified",
     "identify",
     "init",
     "on_failure",
@@ -59,4 +64,5 @@ __all__ = [
     "shutdown",
     "stats",
     "track",
+    "unbind",
 ]

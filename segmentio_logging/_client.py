@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ._errors import SegmentError
+from ._errors import InvalidMessage, SegmentError
 from ._message import _snapshot, build_message, encode
 from ._options import Options, resolve_options
 from ._transport import NullTransport, Transport
@@ -43,6 +43,18 @@ def _copy(value: Any) -> Any:
     return None if value is None else _snapshot(value)
 
 
+def _anonymous(session_id: Any, anonymous_id: Any) -> Any:
+    """``session_id`` is the original client's name for ``anonymous_id``: one value, two names."""
+    if anonymous_id is None:
+        return session_id
+    if session_id is not None and session_id != anonymous_id:
+        raise InvalidMessage(
+            f"session_id and anonymous_id are two names for the same field and were given "
+            f"different values ({session_id!r} and {anonymous_id!r}); pass one of them"
+        )
+    return anonymous_id
+
+
 class Client:
     """A Segment client with its own queue, worker and connection pool.
 
@@ -76,7 +88,7 @@ class Client:
         return self._enqueue(
             "identify",
             user_id=user_id,
-            anonymous_id=anonymous_id if anonymous_id is not None else session_id,
+            anonymous_id=_anonymous(session_id, anonymous_id),
             traits=_copy(traits),
             timestamp=timestamp,
             context=_copy(context),
@@ -101,7 +113,7 @@ class Client:
         return self._enqueue(
             "track",
             user_id=user_id,
-            anonymous_id=anonymous_id if anonymous_id is not None else session_id,
+            anonymous_id=_anonymous(session_id, anonymous_id),
             event=event,
             properties=_copy(properties),
             timestamp=timestamp,
@@ -127,7 +139,7 @@ class Client:
         return self._enqueue(
             "group",
             user_id=user_id,
-            anonymous_id=anonymous_id if anonymous_id is not None else session_id,
+            anonymous_id=_anonymous(session_id, anonymous_id),
             group_id=group_id,
             traits=_copy(traits),
             timestamp=timestamp,
@@ -175,7 +187,7 @@ class Client:
         return self._enqueue(
             "page",
             user_id=user_id,
-            anonymous_id=anonymous_id if anonymous_id is not None else session_id,
+            anonymous_id=_anonymous(session_id, anonymous_id),
             category=category,
             name=name,
             properties=_copy(properties),
@@ -203,7 +215,7 @@ class Client:
         return self._enqueue(
             "screen",
             user_id=user_id,
-            anonymous_id=anonymous_id if anonymous_id is not None else session_id,
+            anonymous_id=_anonymous(session_id, anonymous_id),
             category=category,
             name=name,
             properties=_copy(properties),
@@ -288,28 +300,154 @@ def default_client() -> Client:
         return _default
 
 
-def identify(*args: Any, **kwargs: Any) -> Optional[str]:
-    return default_client().identify(*args, **kwargs)
+# The module-level calls repeat the Client signatures so that type checkers and
+# editors check them; each only forwards to the default client.
 
 
-def track(*args: Any, **kwargs: Any) -> Optional[str]:
-    return default_client().track(*args, **kwargs)
+def identify(
+    session_id: Any = None,
+    user_id: Any = None,
+    traits: Optional[Dict[str, Any]] = None,
+    *,
+    timestamp: Any = None,
+    context: Optional[Dict[str, Any]] = None,
+    integrations: Optional[Dict[str, Any]] = None,
+    message_id: Optional[str] = None,
+    anonymous_id: Any = None,
+) -> Optional[str]:
+    return default_client().identify(
+        session_id,
+        user_id,
+        traits,
+        timestamp=timestamp,
+        context=context,
+        integrations=integrations,
+        message_id=message_id,
+        anonymous_id=anonymous_id,
+    )
 
 
-def group(*args: Any, **kwargs: Any) -> Optional[str]:
-    return default_client().group(*args, **kwargs)
+def track(
+    session_id: Any = None,
+    user_id: Any = None,
+    event: Optional[str] = None,
+    properties: Optional[Dict[str, Any]] = None,
+    *,
+    timestamp: Any = None,
+    context: Optional[Dict[str, Any]] = None,
+    integrations: Optional[Dict[str, Any]] = None,
+    message_id: Optional[str] = None,
+    anonymous_id: Any = None,
+) -> Optional[str]:
+    return default_client().track(
+        session_id,
+        user_id,
+        event,
+        properties,
+        timestamp=timestamp,
+        context=context,
+        integrations=integrations,
+        message_id=message_id,
+        anonymous_id=anonymous_id,
+    )
 
 
-def alias(*args: Any, **kwargs: Any) -> Optional[str]:
-    return default_client().alias(*args, **kwargs)
+def group(
+    session_id: Any = None,
+    user_id: Any = None,
+    group_id: Any = None,
+    traits: Optional[Dict[str, Any]] = None,
+    *,
+    timestamp: Any = None,
+    context: Optional[Dict[str, Any]] = None,
+    integrations: Optional[Dict[str, Any]] = None,
+    message_id: Optional[str] = None,
+    anonymous_id: Any = None,
+) -> Optional[str]:
+    return default_client().group(
+        session_id,
+        user_id,
+        group_id,
+        traits,
+        timestamp=timestamp,
+        context=context,
+        integrations=integrations,
+        message_id=message_id,
+        anonymous_id=anonymous_id,
+    )
 
 
-def page(*args: Any, **kwargs: Any) -> Optional[str]:
-    return default_client().page(*args, **kwargs)
+def alias(
+    previous_id: Any = None,
+    user_id: Any = None,
+    *,
+    timestamp: Any = None,
+    context: Optional[Dict[str, Any]] = None,
+    integrations: Optional[Dict[str, Any]] = None,
+    message_id: Optional[str] = None,
+) -> Optional[str]:
+    return default_client().alias(
+        previous_id,
+        user_id,
+        timestamp=timestamp,
+        context=context,
+        integrations=integrations,
+        message_id=message_id,
+    )
 
 
-def screen(*args: Any, **kwargs: Any) -> Optional[str]:
-    return default_client().screen(*args, **kwargs)
+def page(
+    session_id: Any = None,
+    user_id: Any = None,
+    category: Optional[str] = None,
+    name: Optional[str] = None,
+    properties: Optional[Dict[str, Any]] = None,
+    *,
+    timestamp: Any = None,
+    context: Optional[Dict[str, Any]] = None,
+    integrations: Optional[Dict[str, Any]] = None,
+    message_id: Optional[str] = None,
+    anonymous_id: Any = None,
+) -> Optional[str]:
+    return default_client().page(
+        session_id,
+        user_id,
+        category,
+        name,
+        properties,
+        timestamp=timestamp,
+        context=context,
+        integrations=integrations,
+        message_id=message_id,
+        anonymous_id=anonymous_id,
+    )
+
+
+def screen(
+    session_id: Any = None,
+    user_id: Any = None,
+    category: Optional[str] = None,
+    name: Optional[str] = None,
+    properties: Optional[Dict[str, Any]] = None,
+    *,
+    timestamp: Any = None,
+    context: Optional[Dict[str, Any]] = None,
+    integrations: Optional[Dict[str, Any]] = None,
+    message_id: Optional[str] = None,
+    anonymous_id: Any = None,
+) -> Optional[str]:
+    return default_client().screen(
+        session_id,
+        user_id,
+        category,
+        name,
+        properties,
+        timestamp=timestamp,
+        context=context,
+        integrations=integrations,
+        message_id=message_id,
+        anonymous_id=anonymous_id,
+    )
 
 
 for _method in (identify, track, group, alias, page, screen):
@@ -341,18 +479,31 @@ def flush(timeout: Optional[float] = None) -> bool:
 
 
 def shutdown(timeout: Optional[float] = None) -> bool:
-    """Flush and stop the default client; the next call starts a new one."""
+    """Flush and stop the default client and forget its callbacks; the next call starts afresh."""
     global _default
     with _default_lock:
         client, _default = _default, None
+        _callbacks.clear()
     return True if client is None else client.shutdown(timeout)
+
+
+_STAT_NAMES = (
+    "enqueued",
+    "delivered",
+    "failed",
+    "dropped",
+    "pending",
+    "queued",
+    "batches",
+    "retries",
+)
 
 
 def stats() -> Dict[str, int]:
     """The default client's counters (zeros before the first call)."""
     client = _default
     if client is None:
-        return {"enqueued": 0, "delivered": 0, "failed": 0, "dropped": 0, "pending": 0}
+        return dict.fromkeys(_STAT_NAMES, 0)
     return client.stats()
 
 

@@ -14,12 +14,18 @@ import threading
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ._client import make_pipeline
-from ._message import RecordMapper, encode
+from ._context import bound_identity
+from ._errors import InvalidMessage
+from ._message import RecordMapper, _safe_str, encode
 from ._options import resolve_options
 from ._worker import guard
 
-# Records from these loggers are the handler's own traffic: never events.
-OWN_LOGGERS = ("urllib3", "segmentio_logging")
+# Records from these loggers (and their children) are the handler's own traffic: never events.
+OWN_LOGGERS = frozenset({"urllib3", "segmentio_logging"})
+
+
+def _is_own(name: str) -> bool:
+    return name.partition(".")[0] in OWN_LOGGERS
 
 
 class SegmentHandler(logging.Handler):
@@ -38,9 +44,13 @@ class SegmentHandler(logging.Handler):
         level: Union[int, str] = logging.NOTSET,
         **options: Any,
     ) -> None:
+        # Validate before Handler.__init__ registers the handler with logging: a
+        # half-built handler in logging's list breaks dictConfig and logging.shutdown.
+        resolved = resolve_options({"write_key": write_key, "host": host, **options})
+        mapper = RecordMapper(resolved.field_names, resolved.capture_extra)
         super().__init__(level)
-        self.options = resolve_options({"write_key": write_key, "host": host, **options})
-        self._mapper = RecordMapper(self.options.field_names, self.options.capture_extra)
+        self.options = resolved
+        self._mapper = mapper
         self._pipeline = make_pipeline(self.options, self._prepare)
         self._count_lock = threading.Lock()
         self._skipped = 0
@@ -55,32 +65,67 @@ class SegmentHandler(logging.Handler):
         return message, encode(message)
 
     def handle(self, record: logging.LogRecord) -> Any:
-        # Like Handler.handle, without the handler lock: emit only appends to a deque.
-        result = self.filter(record)
-        if result:
-            if isinstance(result, logging.LogRecord):
-                record = result
-            self.emit(record)
-        return result
+        """Filter and emit ``record``; never raises into the application.
+
+        Like ``Handler.handle`` without the handler lock (emit only appends to
+        a deque), with a re-entry guard around the filters too: a filter or an
+        object that logs while the record is being handled cannot recurse.
+        """
+        if getattr(guard, "active", False):
+            self._count_ignored()
+            return False
+        guard.active = True
+        try:
+            try:
+                result = self.filter(record)
+            except Exception as exc:
+                self._reject(record, exc, "a filter raised")
+                return False
+            if result:
+                if isinstance(result, logging.LogRecord):
+                    record = result
+                self._emit(record)
+            return result
+        finally:
+            guard.active = False
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(guard, "active", False):
-            return  # the worker's own records, or a record logged from inside emit
+            # The worker's own records, or a record logged from inside emit.
+            self._count_ignored()
+            return
         guard.active = True
         try:
-            captured = self._mapper.capture(record)
+            self._emit(record)
+        finally:
+            guard.active = False
+
+    def _emit(self, record: logging.LogRecord) -> None:
+        try:
+            if _is_own(record.name):
+                self._count_ignored()
+                return
+            captured = self._mapper.capture(record, bound_identity())
             if captured is None:
                 with self._count_lock:
                     self._skipped += 1
-            elif record.name.startswith(OWN_LOGGERS):
-                with self._count_lock:
-                    self._ignored += 1
             else:
                 self._pipeline.put(captured)
-        except Exception:
-            self.handleError(record)
-        finally:
-            guard.active = False
+        except Exception as exc:
+            self._reject(record, exc, "could not read the record")
+
+    def _reject(self, record: Any, exc: Exception, what: str) -> None:
+        """Count and report a record that broke on the caller's side, then ``handleError``."""
+        try:
+            error = InvalidMessage(f"{what}: {type(exc).__name__}: {_safe_str(exc)}")
+            self._pipeline.reject(record, error)
+        except Exception:  # pragma: no cover - reporting must not raise into the app either
+            pass
+        self.handleError(record)
+
+    def _count_ignored(self) -> None:
+        with self._count_lock:
+            self._ignored += 1
 
     def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
         """Block until every record emitted so far is delivered or failed; False at the timeout."""
@@ -106,13 +151,16 @@ class SegmentQueueListener(logging.handlers.QueueListener):
     """A ``QueueListener`` for the 3.12+ ``dictConfig`` ``listener:`` key.
 
     ``dictConfig`` builds the listener but never starts it; this one starts
-    itself, stops at exit, and respects each handler's level.
+    itself, stops at exit, and always respects each handler's level:
+    ``dictConfig`` passes ``respect_handler_level=False`` unless the config
+    says otherwise, which would hand DEBUG records to a handler set to INFO.
+    The argument is accepted for compatibility and ignored.
     """
 
     def __init__(
         self, queue: Any, *handlers: logging.Handler, respect_handler_level: bool = True
     ) -> None:
-        super().__init__(queue, *handlers, respect_handler_level=respect_handler_level)
+        super().__init__(queue, *handlers, respect_handler_level=True)
         self._started = False
         self.start()
 

@@ -30,9 +30,13 @@ __all__ = [
     "MESSAGE_TYPES",
     "RESERVED_FIELDS",
     "RecordMapper",
+    "batch_body",
     "build_message",
+    "dumps",
     "encode",
+    "envelope_size",
     "format_timestamp",
+    "normalize_timestamp",
     "to_json_safe",
 ]
 
@@ -73,7 +77,7 @@ _STANDARD_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
 }
 
 _UTC = dt.timezone.utc
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+_EPOCH_NAIVE = dt.datetime(1970, 1, 1)
 
 
 # --------------------------------------------------------------------------- ids
@@ -107,36 +111,72 @@ if hasattr(os, "register_at_fork"):
 
 _second_cache: Tuple[int, str] = (-1, "")
 
+# Epoch seconds of 0001-01-01T00:00:00Z and 10000-01-01T00:00:00Z: the years ISO-8601 can write.
+_MIN_EPOCH = -62_135_596_800
+_MAX_EPOCH = 253_402_300_800
+
+
+def _second_prefix(value: dt.datetime) -> str:
+    # Not strftime: on some platforms "%Y" does not pad years below 1000 to four digits.
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
+        f"T{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+    )
+
 
 def format_timestamp(epoch: float) -> str:
-    """ISO-8601 in UTC with milliseconds, as Segment writes it: ``2026-01-02T03:04:05.678Z``."""
+    """ISO-8601 in UTC with milliseconds, as Segment writes it: ``2026-01-02T03:04:05.678Z``.
+
+    Raises :class:`InvalidMessage` for a value that is not finite or outside years 1 to 9999.
+    """
     global _second_cache
-    second = int(epoch // 1)
-    millis = int((epoch - second) * 1000)
+    micros: Optional[int]
+    try:
+        # Round to microseconds first, as datetime does: 1.123 is 1.12299999... as a float.
+        micros = round(epoch * 1_000_000)
+    except (TypeError, ValueError, OverflowError):
+        micros = None
+    if micros is None or not _MIN_EPOCH * 1_000_000 <= micros < _MAX_EPOCH * 1_000_000:
+        raise InvalidMessage(f"timestamp {epoch!r} is not a valid number of epoch seconds")
+    second, rest = divmod(micros, 1_000_000)
     cached_second, prefix = _second_cache
     if cached_second != second:
-        prefix = (_EPOCH + dt.timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%S")
+        prefix = _second_prefix(_EPOCH_NAIVE + dt.timedelta(seconds=second))
         _second_cache = (second, prefix)
-    return f"{prefix}.{millis:03d}Z"
+    return f"{prefix}.{rest // 1000:03d}Z"
 
 
 def _format_datetime(value: dt.datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=_UTC)  # naive datetimes are taken as UTC
-    value = value.astimezone(_UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if value.tzinfo is not None:
+        try:
+            value = value.astimezone(_UTC)
+        except (OverflowError, ValueError):
+            raise InvalidMessage(
+                f"timestamp {_preview(value)} is outside the years ISO-8601 can write in UTC"
+            ) from None
+    # naive datetimes are taken as UTC
+    return f"{_second_prefix(value)}.{value.microsecond // 1000:03d}Z"
 
 
 def normalize_timestamp(value: Any) -> str:
-    """A ``timestamp=`` value (datetime, date, ISO-8601 string or epoch seconds) as ISO-8601 UTC."""
+    """A ``timestamp=`` value (datetime, date, ISO-8601 string or epoch seconds) as ISO-8601 UTC.
+
+    Naive datetimes and ISO strings without an offset are taken as UTC. Raises
+    :class:`InvalidMessage` saying what was wrong with ``value``.
+    """
     if isinstance(value, dt.datetime):
         return _format_datetime(value)
     if isinstance(value, dt.date):
         return _format_datetime(dt.datetime(value.year, value.month, value.day))
     if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
-        seconds = float(value)
-        if not math.isfinite(seconds) or not -62_135_596_800 <= seconds < 253_402_300_800:
-            raise InvalidMessage(f"timestamp {value!r} is not a valid number of epoch seconds")
+        try:
+            seconds = float(value)
+        except (ValueError, OverflowError):  # signaling NaN, ints beyond a float
+            seconds = math.nan
+        if not math.isfinite(seconds) or not _MIN_EPOCH <= seconds < _MAX_EPOCH:
+            raise InvalidMessage(
+                f"timestamp {_preview(value)} is not a valid number of epoch seconds"
+            )
         return format_timestamp(seconds)
     if isinstance(value, str):
         text = value.strip()
@@ -180,6 +220,13 @@ def _bytes_to_str(value: bytes) -> str:
         return base64.b64encode(value).decode("ascii")
 
 
+def _sorted_items(value: Any) -> List[Any]:
+    try:
+        return sorted(value)
+    except Exception:  # mixed or unorderable items: order by type, then text
+        return sorted(value, key=lambda item: (type(item).__name__, _safe_str(item)))
+
+
 def _default(value: Any) -> Any:
     """Convert one value that ``json`` cannot carry; the result may need converting again."""
     if isinstance(value, dt.datetime):
@@ -197,10 +244,7 @@ def _default(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (set, frozenset)):
-        try:
-            return sorted(value)
-        except TypeError:
-            return sorted(value, key=lambda item: (type(item).__name__, _safe_str(item)))
+        return _sorted_items(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _bytes_to_str(bytes(value))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -210,20 +254,44 @@ def _default(value: Any) -> Any:
     return _safe_str(value)
 
 
+def _convert(value: Any) -> Any:
+    """:func:`_default` that never raises: whatever fails to convert becomes its ``str()``."""
+    try:
+        return _default(value)
+    except Exception:
+        return _safe_str(value)
+
+
+def _int(value: int) -> Optional[int]:
+    # Python 3.11+ refuses to write ints of more than 4,300 digits (sys.set_int_max_str_digits);
+    # such a number is beyond any float as well, so it goes the way of infinity: null.
+    if value.bit_length() < 2_000:
+        return value
+    try:
+        int.__repr__(value)
+    except ValueError:
+        return None
+    return value
+
+
 def _key(key: Any) -> str:
     if isinstance(key, str):
-        return key
+        return str.__str__(key)
     if key is True:
         return "true"
     if key is False:
         return "false"
     if key is None:
         return "null"
-    if isinstance(key, float) and not math.isfinite(key):
-        return _safe_str(key)
-    if isinstance(key, (int, float)):
-        return repr(key) if type(key) in (int, float) else _safe_str(key)
-    converted = _default(key)
+    # As json writes them: int and float subclasses (IntEnum...) by their number.
+    if isinstance(key, int):
+        try:
+            return int.__repr__(key)
+        except ValueError:  # too many digits
+            return _safe_str(key)
+    if isinstance(key, float):
+        return float.__repr__(key) if math.isfinite(key) else _safe_str(key)
+    converted = _convert(key)
     return converted if isinstance(converted, str) else _safe_str(converted)
 
 
@@ -232,7 +300,7 @@ def to_json_safe(value: Any) -> Any:
 
     Never raises: cycles become ``"<cycle>"``, nesting deeper than 64 becomes
     ``"<too deep>"``, NaN and infinities become ``None``, and whatever has no
-    JSON form becomes its ``str()``.
+    JSON form becomes its ``str()`` (``repr()``, or a placeholder, if that raises).
     """
     return _safe(value, set(), 0)
 
@@ -244,14 +312,17 @@ def _safe(value: Any, seen: set[int], depth: int) -> Any:
     if kind is str:
         return value
     if kind is int:
-        return value
+        return _int(value)
     if kind is float:
         return value if math.isfinite(value) else None
     if isinstance(value, str):
         return str.__str__(value)
     if isinstance(value, (int, float)) and not isinstance(value, enum.Enum):
-        number = float(value) if isinstance(value, float) else int(value)
-        return number if not isinstance(number, float) or math.isfinite(number) else None
+        # As json writes subclasses: by the number they hold, not their own __int__/__float__.
+        if isinstance(value, int):
+            return _int(int.__int__(value))
+        number = float.__float__(value)
+        return number if math.isfinite(number) else None
     if depth >= MAX_DEPTH:
         return "<too deep>"
     marker = id(value)
@@ -259,7 +330,7 @@ def _safe(value: Any, seen: set[int], depth: int) -> Any:
         return "<cycle>"
     is_container = isinstance(value, (Mapping, list, tuple))
     if not is_container:
-        converted = _default(value)
+        converted = _convert(value)
         if isinstance(converted, (str, int, float)) or converted is None:
             return _safe(converted, seen, depth)
         seen.add(marker)
@@ -284,16 +355,18 @@ def _safe(value: Any, seen: set[int], depth: int) -> Any:
 
 
 _encoder = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_default
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_convert
 )
-_ascii_encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON of any value; never raises (see :func:`to_json_safe`)."""
+    """Compact JSON of any value; never raises (see :func:`to_json_safe`).
+
+    The result may hold lone surrogates; :func:`encode` escapes them.
+    """
     try:
         return _encoder.encode(value)
-    except (ValueError, TypeError, RecursionError):
+    except Exception:  # NaN, cycles, deep nesting, keys json refuses, huge ints...
         return _encoder.encode(to_json_safe(value))
 
 
@@ -305,8 +378,10 @@ def encode(message: Mapping[str, Any]) -> bytes:
     text = dumps(message)
     try:
         data = text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates: escape them instead
-        data = _ascii_encoder.encode(json.loads(text)).encode("ascii")
+    except UnicodeEncodeError:
+        # Lone surrogates, which UTF-8 cannot carry; they only occur inside JSON strings,
+        # where backslashreplace writes exactly the JSON escape: \ud800.
+        data = text.encode("utf-8", "backslashreplace")
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageTooLarge(
             f"message is {len(data):,} bytes, over Segment's 32 KB limit "
@@ -403,8 +478,10 @@ def build_message(
         message["properties"] = _mapping(properties, "properties") or {}
 
     user_context = _mapping(context, "context")
+    # A fresh library dict each time: a callback that edits one message edits no other.
+    library = {"name": LIBRARY_NAME, "version": __version__}
     message["context"] = (
-        {**user_context, "library": _LIBRARY} if user_context else {"library": _LIBRARY}
+        {**user_context, "library": library} if user_context else {"library": library}
     )
     if integrations is not None:
         message["integrations"] = _mapping(integrations, "integrations")
@@ -426,22 +503,71 @@ def build_message(
     return message
 
 
-_LIBRARY = {"name": LIBRARY_NAME, "version": __version__}
-
-
 # --------------------------------------------------------------------------- records
 
 
 def _snapshot(value: Any) -> Any:
-    """Copy the containers a caller may mutate after logging; leave the rest as is."""
-    kind = type(value)
-    if kind is dict:
-        return {key: _snapshot(item) for key, item in value.items()}
-    if kind is list:
-        return [_snapshot(item) for item in value]
-    if kind is set:
+    """Copy the containers a caller may mutate after logging; leave the rest as is.
+
+    Dicts (and their subclasses) become dicts, lists lists, sets sets, tuples are
+    rebuilt around copied items. Shared and self-referential containers stay
+    shared and self-referential in the copy, so that the JSON made from it is the
+    JSON the original would have made; nesting deeper than 64 becomes ``"<too deep>"``.
+    """
+    if type(value) in _SCALARS or not isinstance(value, _CONTAINERS):
+        return value
+    return _copy_tree(value, {}, 0)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_CONTAINERS = (dict, list, tuple, set, bytearray)
+
+
+def _copy_tree(value: Any, memo: Dict[int, Any], depth: int) -> Any:
+    # ``value`` is one of _CONTAINERS; runs on the logging thread, so leaves are
+    # tested inline rather than by a call each.
+    done = memo.get(id(value))
+    if done is not None:
+        return done
+    if depth >= MAX_DEPTH:
+        return "<too deep>"
+    depth += 1
+    if isinstance(value, dict):
+        mapping: Dict[Any, Any] = {}
+        memo[id(value)] = mapping
+        for key, item in value.items():
+            if type(item) in _SCALARS or not isinstance(item, _CONTAINERS):
+                mapping[key] = item
+            else:
+                mapping[key] = _copy_tree(item, memo, depth)
+        return mapping
+    if isinstance(value, list):
+        items: List[Any] = []
+        memo[id(value)] = items
+        for item in value:
+            if type(item) in _SCALARS or not isinstance(item, _CONTAINERS):
+                items.append(item)
+            else:
+                items.append(_copy_tree(item, memo, depth))
+        return items
+    if isinstance(value, tuple):
+        # Registered once built (it is immutable); a cycle through a tuple ends at MAX_DEPTH.
+        copied = tuple(
+            item
+            if type(item) in _SCALARS or not isinstance(item, _CONTAINERS)
+            else _copy_tree(item, memo, depth)
+            for item in value
+        )
+        memo[id(value)] = copied
+        return copied
+    if isinstance(value, set):
         return set(value)
-    return value
+    return bytes(value)  # bytearray
+
+
+def _absent(value: Any) -> bool:
+    """No id: ``None`` or an empty string (0 is an id)."""
+    return value is None or (isinstance(value, str) and not value)
 
 
 class RecordMapper:
@@ -477,20 +603,39 @@ class RecordMapper:
                 "a Segment field"
             )
 
-    def capture(self, record: logging.LogRecord) -> Optional[Dict[str, Any]]:
-        """What to keep of ``record``, or ``None`` when it carries no user or anonymous id."""
+    def capture(
+        self, record: logging.LogRecord, bound: Optional[Mapping[str, Any]] = None
+    ) -> Optional[Dict[str, Any]]:
+        """What to keep of ``record``, or ``None`` when it carries no user or anonymous id.
+
+        An id of ``None`` or ``""`` counts as none: such a record is skipped, not an error.
+        ``bound`` is the identity bound to the caller's context (``user_id``,
+        ``anonymous_id``, ``context``, ``integrations``): it fills what the record
+        does not say itself.
+        """
         attrs = record.__dict__
         uid = attrs.get(self._uid)
         aid = attrs.get(self._aid)
-        if aid is None and self._session_attr is not None:
+        if _absent(aid) and self._session_attr is not None:
             aid = attrs.get(self._session_attr)
-        if uid is None and aid is None:
+        if bound:
+            if _absent(uid):
+                uid = bound.get("user_id")
+            if _absent(aid):
+                aid = bound.get("anonymous_id")
+        if _absent(uid) and _absent(aid):
             return None
         captured: Dict[str, Any] = {"user_id": uid, "anonymous_id": aid, "created": record.created}
         for key, attr in self._attrs:
             if attr in attrs:
                 captured[key] = _snapshot(attrs[attr])
-        if "event" not in captured or "segment_type" in captured:
+        if bound:
+            for key in ("context", "integrations"):
+                outer = bound.get(key)
+                if outer:
+                    own = captured.get(key)
+                    captured[key] = {**outer, **own} if isinstance(own, Mapping) else own or outer
+        if captured.get("event") is None or "segment_type" in captured:
             if record.args or type(record.msg) is not str:
                 try:
                     captured["text"] = record.getMessage()

@@ -12,8 +12,9 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Mapping, Optional
+from urllib.parse import urlsplit
 
-from ._message import MAX_BATCH_COUNT, RESERVED_FIELDS
+from ._message import _STANDARD_RECORD_ATTRS, MAX_BATCH_COUNT, RESERVED_FIELDS, SESSION_ID
 
 DEFAULT_HOST = "https://api.segment.io"
 
@@ -28,7 +29,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 class Options:
     """Validated settings of a handler or client. Build it with :func:`resolve_options`."""
 
-    write_key: Optional[str] = None
+    write_key: Optional[str] = field(default=None, repr=False)  # a secret: kept out of reprs
     host: str = DEFAULT_HOST
     gzip: bool = True
     batch_size: int = 100
@@ -71,19 +72,18 @@ def _bool(name: str, value: Any) -> bool:
 def _number(name: str, value: Any, kind: type, low: float, high: Optional[float]) -> Any:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {value!r}")
+    what = "an integer" if kind is int else "a number"
     if isinstance(value, str):
         try:
             value = kind(value.strip())
         except ValueError:
-            raise TypeError(f"{name} must be a number, got {value!r}") from None
+            raise TypeError(f"{name} must be {what}, got {value!r}") from None
     if kind is int and isinstance(value, float) and value.is_integer():
         value = int(value)
     if kind is float and isinstance(value, int):
         value = float(value)
     if not isinstance(value, kind):
-        raise TypeError(
-            f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
-        )
+        raise TypeError(f"{name} must be {what}, got {value!r}")
     if value != value or value < low or (high is not None and value > high):  # type: ignore[operator]
         bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
@@ -101,23 +101,38 @@ def _callback(name: str, value: Any) -> Optional[Callable[..., Any]]:
 
 
 def resolve_dotted(name: str, path: str) -> Any:
-    """Import ``"package.module.attr"`` (or ``"package.module:attr"``)."""
+    """Import ``"package.module.attr"`` (or ``"package.module:attr"``, or ``"ext://..."``).
+
+    The attribute may be nested (``"package.module.Class.method"``): the longest
+    importable module prefix is imported and the rest is looked up on it.
+    """
     text = path.strip()
     if text.startswith("ext://"):
         text = text[len("ext://") :]
-    module_name, sep, attr = text.replace(":", ".").rpartition(".")
-    if not sep or not module_name or not attr:
+    parts = text.replace(":", ".").split(".")
+    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
         raise ValueError(
             f"{name} must be a dotted path such as 'package.module.function', got {path!r}"
         )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"{name}: cannot import {module_name!r} from {path!r}: {exc}") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ValueError(f"{name}: module {module_name!r} has no attribute {attr!r}") from None
+    module = None
+    error: Optional[ImportError] = None
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            module = importlib.import_module(".".join(parts[:cut]))
+        except ImportError as exc:
+            error = error or exc
+            continue
+        break
+    if module is None:
+        raise ValueError(f"{name}: cannot import {parts[0]!r} from {path!r}: {error}") from None
+    found: Any = module
+    for attr in parts[cut:]:
+        try:
+            found = getattr(found, attr)
+        except AttributeError:
+            owner = ".".join(parts[: parts.index(attr, cut)])
+            raise ValueError(f"{name}: {owner!r} has no attribute {attr!r} ({path!r})") from None
+    return found
 
 
 def _field_names(name: str, value: Any) -> Dict[str, str]:
@@ -141,19 +156,40 @@ def _field_names(name: str, value: Any) -> Dict[str, str]:
             raise ValueError(
                 f"{name}: the attribute for {key!r} must be an identifier, got {attr!r}"
             )
+        if attr in _STANDARD_RECORD_ATTRS:
+            raise ValueError(f"{name}: {attr!r} is a LogRecord attribute and cannot carry {key!r}")
         result[key] = attr
+    names = {key: key for key in RESERVED_FIELDS}
+    names.update(result)
+    taken: Dict[str, str] = {}
+    for key in sorted(names):
+        attr = names[key]
+        if attr in taken or (attr == SESSION_ID and names["anonymous_id"] == "anonymous_id"):
+            other = taken.get(attr, "session_id")
+            raise ValueError(f"{name}: {key!r} and {other!r} would both read attribute {attr!r}")
+        taken[attr] = key
     return result
 
 
 def _host(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise TypeError(f"{name} must be a URL such as 'https://api.segment.io', got {value!r}")
-    text = value.strip().rstrip("/")
+    text = value.strip()
     if "://" not in text:
         text = "https://" + text
-    scheme = text.split("://", 1)[0].lower()
-    if scheme not in ("http", "https"):
+    text = text.rstrip("/")
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(f"{name} is not a valid URL: {value!r}") from None
+    if parts.scheme.lower() not in ("http", "https"):
         raise ValueError(f"{name} must be an http:// or https:// URL, got {value!r}")
+    if not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(
+            f"{name} must be a URL with a host name and no query, such as "
+            f"'https://api.segment.io', got {value!r}"
+        )
     return text
 
 

@@ -8,6 +8,7 @@ and 503, splits a batch on 413, and never waits past its deadline.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import email.utils
 import encodings.idna  # noqa: F401  (imported lazily by socket code; a fork mid-import breaks it)
 import math
@@ -96,7 +97,7 @@ def is_retryable(status: Optional[int]) -> bool:
 
 def retry_after(headers: Mapping[str, str], now: Optional[float] = None) -> Optional[float]:
     """Seconds a ``Retry-After`` header asks for (delta seconds or HTTP date), capped."""
-    value = headers.get("retry-after") or headers.get("Retry-After")
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
     if not value:
         return None
     value = value.strip()
@@ -105,10 +106,12 @@ def retry_after(headers: Mapping[str, str], now: Optional[float] = None) -> Opti
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         if when is None:
             return None
+        if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always UTC
+            when = when.replace(tzinfo=dt.timezone.utc)
         seconds = when.timestamp() - (time.time() if now is None else now)
     if not math.isfinite(seconds):
         return None
@@ -189,17 +192,27 @@ class Transport:
     def deliver(self, parts: List[bytes], deadline: Optional[Deadline] = None) -> List[Outcome]:
         """Send ``parts`` (encoded messages) and say how each slice of them ended.
 
-        Blocks for retries, never past ``retry_budget`` nor past ``deadline``.
+        Blocks for retries, never past ``retry_budget`` (shared by the halves of a
+        batch split on 413) nor past ``deadline``. Never raises: every slice ends
+        as a :class:`Response` or a :class:`DeliveryError`, each reported once.
         """
         outcomes: List[Outcome] = []
-        self._deliver_range(parts, 0, len(parts), deadline or Deadline(), outcomes)
+        if not parts:
+            return outcomes
+        budget_end = time.monotonic() + self.retry_budget
+        self._deliver_range(parts, 0, len(parts), deadline or Deadline(), budget_end, outcomes)
         return outcomes
 
     def _deliver_range(
-        self, parts: List[bytes], start: int, end: int, deadline: Deadline, out: List[Outcome]
+        self,
+        parts: List[bytes],
+        start: int,
+        end: int,
+        deadline: Deadline,
+        budget_end: float,
+        out: List[Outcome],
     ) -> None:
         count = end - start
-        budget_end = time.monotonic() + self.retry_budget
 
         def limit() -> float:
             return min(budget_end, deadline.at)
@@ -224,20 +237,26 @@ class Transport:
                 status, headers, text = self.post(body, min(self.timeout, remaining))
             except (HTTPError, OSError) as exc:
                 status, text = None, f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # not a network failure: retrying would not help
+                text = f"{type(exc).__name__}: {exc}"
+                reason = "the request could not be made"
+                out.append((start, end, self._give_up(reason, count, attempts, (None, text))))
+                return
             last = (status, text)
             if status is not None and 200 <= status < 300:
                 out.append((start, end, Response(status, headers, text, attempts)))
                 return
             if status == 413 and count > 1:
                 middle = start + count // 2
-                self._deliver_range(parts, start, middle, deadline, out)
-                self._deliver_range(parts, middle, end, deadline, out)
+                self._deliver_range(parts, start, middle, deadline, budget_end, out)
+                self._deliver_range(parts, middle, end, deadline, budget_end, out)
                 return
             if not is_retryable(status) or status == 413:
                 out.append((start, end, self._give_up("rejected", count, attempts, last)))
                 return
             if attempts > self.max_retries:
-                reason = f"gave up after {attempts} attempts (max_retries={self.max_retries})"
+                tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+                reason = f"gave up after {tries} (max_retries={self.max_retries})"
                 out.append((start, end, self._give_up(reason, count, attempts, last)))
                 return
             asked = retry_after(headers) if status in (429, 503) else None

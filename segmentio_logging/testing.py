@@ -14,16 +14,20 @@ It is a real HTTP server in a background thread. It records every request
 from __future__ import annotations
 
 import base64
+import email.utils
 import gzip
+import itertools
 import json
+import math
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Deque, Dict, Iterable, List, Optional
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional
 
 __all__ = ["LocalCollector", "Reply", "Request"]
 
@@ -54,10 +58,17 @@ class Reply:
     hang: bool = False
 
     @classmethod
-    def retry_after(cls, seconds: float, status: int = 429) -> Reply:
-        return cls(
-            status=status, body='{"error":"rate limited"}', headers={"Retry-After": f"{seconds:g}"}
-        )
+    def retry_after(cls, seconds: float, status: int = 429, *, http_date: bool = False) -> Reply:
+        """A ``status`` reply whose ``Retry-After`` asks for ``seconds``.
+
+        With ``http_date`` the header is an HTTP date at least ``seconds`` from
+        now (HTTP dates have whole seconds, so it is rounded up).
+        """
+        if http_date:
+            value = email.utils.formatdate(math.ceil(time.time() + seconds), usegmt=True)
+        else:
+            value = f"{seconds:g}"
+        return cls(status=status, body='{"error":"rate limited"}', headers={"Retry-After": value})
 
 
 @dataclass
@@ -71,6 +82,8 @@ class Request:
     body: Any
     status: Optional[int]
     received_at: float
+    connection: int = 0
+    """Which TCP connection carried it (1, 2, ... in order of arrival): shows keep-alive."""
 
     @property
     def write_key(self) -> Optional[str]:
@@ -79,7 +92,9 @@ class Request:
         if not auth.lower().startswith("basic "):
             return None
         try:
-            user, _, _ = base64.b64decode(auth[6:]).decode("utf-8").partition(":")
+            user, _, _ = (
+                base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8").partition(":")
+            )
         except Exception:
             return None
         return user
@@ -101,6 +116,11 @@ class Request:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    connection_id = 0
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection_id = next(self.server.connection_ids)
 
     def log_message(self, format: str, *args: Any) -> None:  # silence the default stderr log
         pass
@@ -109,33 +129,44 @@ class _Handler(BaseHTTPRequestHandler):
         collector = self.server.collector
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        reply = collector._next_reply()
         headers = {k.lower(): v for k, v in self.headers.items()}
         body: Any = None
+        data = raw
         try:
             data = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
             body = json.loads(data.decode("utf-8")) if data else None
         except Exception:
             body = None
+        limit = collector.max_body_bytes
+        if limit is not None and len(data) > limit:
+            reply = Reply(413, f'{{"error":"body of {len(data)} bytes is over {limit}"}}')
+        else:
+            reply = collector._next_reply()
         answered = None if (reply.reset or reply.hang) else reply.status
-        collector._record(Request("POST", self.path, headers, raw, body, answered, time.time()))
+        request = Request(
+            "POST", self.path, headers, raw, body, answered, time.time(), self.connection_id
+        )
+        collector._record(request)
         if reply.delay:
             collector._stopping.wait(reply.delay)
         if reply.hang:
-            collector._released.wait(300)
+            collector._hang()
             self.close_connection = True
             return
         if reply.reset:
             self._reset()
             return
         payload = reply.body.encode("utf-8")
-        self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:  # the client gave up waiting (its timeout) and closed the socket
+            self.close_connection = True
         collector._answered(reply.status)
 
     def _reset(self) -> None:
@@ -151,20 +182,35 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     collector: LocalCollector
+    connection_ids: Iterator[int]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that closes or resets its connection is part of what tests script.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
 
 
 class LocalCollector:
-    """A scriptable Segment-compatible receiver on 127.0.0.1 (port 0 picks a free port)."""
+    """A scriptable Segment-compatible receiver on 127.0.0.1 (port 0 picks a free port).
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    ``max_body_bytes`` makes it answer 413 to any request whose decoded body is
+    larger, as Segment does past 500 KB, without using up a scripted reply.
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, max_body_bytes: Optional[int] = None
+    ) -> None:
+        self.max_body_bytes = max_body_bytes
         self._server = _Server((host, port), _Handler)
         self._server.collector = self
+        self._server.connection_ids = itertools.count(1)
         self._cond = threading.Condition()
         self._requests: List[Request] = []
         self._script: Deque[Reply] = deque()
         self.default = Reply()
         self._stopping = threading.Event()
-        self._released = threading.Event()
+        self._hangs: List[threading.Event] = []
         self._thread: Optional[threading.Thread] = None
 
     # ------------------------------------------------------------------ life
@@ -187,7 +233,7 @@ class LocalCollector:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._released.set()
+        self.release_hangs()
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(5)
@@ -211,8 +257,36 @@ class LocalCollector:
             self._script.extend(replies)
 
     def release_hangs(self) -> None:
-        """Let requests held by ``Reply(hang=True)`` go (their connections close unanswered)."""
-        self._released.set()
+        """Let requests held by ``Reply(hang=True)`` go (their connections close unanswered).
+
+        Only the requests held now: a later ``hang`` reply hangs again.
+        """
+        with self._cond:
+            held, self._hangs = self._hangs, []
+        for event in held:
+            event.set()
+
+    def reset(self) -> None:
+        """Forget every request, drop the script, restore the default reply, release hangs."""
+        with self._cond:
+            self._requests.clear()
+            self._script.clear()
+            self.default = Reply()
+        self.release_hangs()
+
+    @property
+    def pending_replies(self) -> int:
+        """How many scripted replies are still to be used."""
+        with self._cond:
+            return len(self._script)
+
+    def _hang(self) -> None:
+        event = threading.Event()
+        with self._cond:
+            if self._stopping.is_set():
+                return
+            self._hangs.append(event)
+        event.wait(300)
 
     def _next_reply(self) -> Reply:
         with self._cond:

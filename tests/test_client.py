@@ -1,0 +1,441 @@
+"""The classic client interface: Client and the module-level init/identify/track/..."""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import threading
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+
+import segmentio_logging
+from segmentio_logging import Client, DeliveryError, MessageTooLarge, Response
+from segmentio_logging.testing import LocalCollector, Reply
+
+CALLS = ("identify", "track", "group", "alias", "page", "screen")
+
+
+@pytest.fixture(autouse=True)
+def _reset_module_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts without a default client or callbacks and without SEGMENT_* variables."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("SEGMENT_"):
+            monkeypatch.delenv(name)
+    segmentio_logging.shutdown(timeout=2)
+    yield
+    segmentio_logging.shutdown(timeout=2)
+
+
+@pytest.fixture
+def make_client(collector: LocalCollector) -> Iterator[Any]:
+    """Build Clients pointed at the collector; all are shut down after the test."""
+    made: List[Client] = []
+
+    def make(write_key: str = "test-key", **options: Any) -> Client:
+        options.setdefault("host", collector.url)
+        options.setdefault("flush_interval", 0.05)
+        client = Client(write_key, **options)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.shutdown(timeout=2)
+
+
+class Recorder:
+    """Collects callback calls from the worker thread."""
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[Any, Any]] = []
+        self.event = threading.Event()
+
+    def __call__(self, data: Any, arg: Any) -> None:
+        self.calls.append((data, arg))
+        self.event.set()
+
+
+def assert_common_shape(message: Dict[str, Any]) -> None:
+    assert isinstance(message["messageId"], str) and 0 < len(message["messageId"]) <= 100
+    assert message["timestamp"].endswith("Z")
+    assert message["context"]["library"]["name"] == "segmentio-logging"
+    assert message["context"]["library"]["version"] == segmentio_logging.__version__
+
+
+class TestReadmeExample:
+    def test_the_original_readme_example_runs_unchanged(self, collector: LocalCollector) -> None:
+        """The original client's README calls, module renamed, deliver identify and track."""
+        successes = Recorder()
+        failures = Recorder()
+
+        segmentio_logging.init("YOUR_API_KEY", host=collector.url)
+        segmentio_logging.on_success(successes)
+        segmentio_logging.on_failure(failures)
+        segmentio_logging.identify(
+            "random_session_id", "ilya@segment.io", {"Subscription Plan": "Free", "Friends": 30}
+        )
+        segmentio_logging.track(
+            "random_session_id",
+            "ilya@segment.io",
+            "Played a Song",
+            {"Artist": "The Beatles", "Song": "Eleanor Rigby"},
+        )
+        assert segmentio_logging.flush() is True
+        segmentio_logging.shutdown()
+
+        assert successes.event.wait(5)
+        identify, track = collector.messages
+        assert identify["type"] == "identify"
+        assert identify["anonymousId"] == "random_session_id"
+        assert identify["userId"] == "ilya@segment.io"
+        assert identify["traits"] == {"Subscription Plan": "Free", "Friends": 30}
+        assert track["type"] == "track"
+        assert track["event"] == "Played a Song"
+        assert track["properties"] == {"Artist": "The Beatles", "Song": "Eleanor Rigby"}
+        assert collector.requests[0].write_key == "YOUR_API_KEY"
+        (data, response), *_ = successes.calls
+        assert [m["type"] for m in data] == ["identify", "track"]
+        assert isinstance(response, Response) and response.status == 200
+        assert failures.calls == []
+
+    def test_on_failure_receives_the_data_and_the_error(self, collector: LocalCollector) -> None:
+        """A rejected batch calls on_failure(data, error) once, with the status and body."""
+        failures = Recorder()
+        collector.script(Reply(400, '{"error":"bad batch"}'))
+        segmentio_logging.init("key", host=collector.url)
+        segmentio_logging.on_failure(failures)
+        segmentio_logging.track("sid", "uid", "Played a Song")
+        assert segmentio_logging.flush(timeout=5) is True
+        assert failures.event.wait(5)
+        [(data, error)] = failures.calls
+        assert [m["event"] for m in data] == ["Played a Song"]
+        assert isinstance(error, DeliveryError)
+        assert error.status == 400 and "bad batch" in error.body
+        assert segmentio_logging.stats()["failed"] == 1
+
+
+class TestCalls:
+    def test_identify_with_keywords(self, make_client: Any, collector: LocalCollector) -> None:
+        """identify(user_id=, traits=, context=, integrations=) maps to Segment's fields."""
+        client = make_client()
+        client.identify(
+            user_id="u1",
+            traits={"plan": "Pro"},
+            context={"ip": "1.2.3.4"},
+            integrations={"All": False},
+        )
+        assert client.flush(5)
+        [message] = collector.messages
+        assert_common_shape(message)
+        assert message["type"] == "identify"
+        assert message["userId"] == "u1"
+        assert "anonymousId" not in message
+        assert message["traits"] == {"plan": "Pro"}
+        assert message["context"]["ip"] == "1.2.3.4"
+        assert message["integrations"] == {"All": False}
+
+    def test_track_with_keywords(self, make_client: Any, collector: LocalCollector) -> None:
+        """track(anonymous_id=, event=, properties=, message_id=) maps to Segment's fields."""
+        client = make_client()
+        returned = client.track(
+            anonymous_id="a1", event="Signed Up", properties={"n": 1}, message_id="m-1"
+        )
+        assert client.flush(5)
+        [message] = collector.messages
+        assert_common_shape(message)
+        assert returned == message["messageId"] == "m-1"
+        assert message["type"] == "track"
+        assert message["anonymousId"] == "a1"
+        assert message["event"] == "Signed Up"
+        assert message["properties"] == {"n": 1}
+
+    def test_group_with_keywords(self, make_client: Any, collector: LocalCollector) -> None:
+        """group(user_id=, group_id=, traits=) maps to Segment's fields."""
+        client = make_client()
+        client.group(user_id="u1", group_id=42, traits={"name": "Initech"})
+        assert client.flush(5)
+        [message] = collector.messages
+        assert_common_shape(message)
+        assert message["type"] == "group"
+        assert message["groupId"] == "42"
+        assert message["traits"] == {"name": "Initech"}
+
+    def test_alias_with_keywords(self, make_client: Any, collector: LocalCollector) -> None:
+        """alias(previous_id=, user_id=) maps to Segment's previousId and userId."""
+        client = make_client()
+        client.alias(previous_id="anon-1", user_id="u1")
+        assert client.flush(5)
+        [message] = collector.messages
+        assert_common_shape(message)
+        assert message["type"] == "alias"
+        assert (message["previousId"], message["userId"]) == ("anon-1", "u1")
+
+    @pytest.mark.parametrize("kind", ["page", "screen"])
+    def test_page_and_screen_with_keywords(
+        self, kind: str, make_client: Any, collector: LocalCollector
+    ) -> None:
+        """page/screen(user_id=, category=, name=, properties=) map to Segment's fields."""
+        client = make_client()
+        getattr(client, kind)(user_id="u1", category="Docs", name="Install", properties={"p": 1})
+        assert client.flush(5)
+        [message] = collector.messages
+        assert_common_shape(message)
+        assert message["type"] == kind
+        assert (message["category"], message["name"]) == ("Docs", "Install")
+        assert message["properties"] == {"p": 1}
+
+    @pytest.mark.parametrize(
+        ("kind", "args"),
+        [
+            ("identify", ("sid", None, {"a": 1})),
+            ("track", ("sid", None, "Ev", {"a": 1})),
+            ("group", ("sid", None, "g1", {"a": 1})),
+            ("page", ("sid", None, "Cat", "Name", {"a": 1})),
+            ("screen", ("sid", None, "Cat", "Name", {"a": 1})),
+        ],
+    )
+    def test_the_seed_session_id_is_the_anonymous_id(
+        self, kind: str, args: Tuple[Any, ...], make_client: Any, collector: LocalCollector
+    ) -> None:
+        """A positional session_id (the seed's name) becomes anonymousId."""
+        client = make_client()
+        getattr(client, kind)(*args)
+        assert client.flush(5)
+        [message] = collector.messages
+        assert message["anonymousId"] == "sid"
+        assert "userId" not in message
+
+    def test_properties_are_copied_at_call_time(
+        self, make_client: Any, collector: LocalCollector
+    ) -> None:
+        """Mutating a properties dict after track does not change what is sent."""
+        client = make_client()
+        properties = {"items": [1, 2]}
+        client.track(user_id="u", event="E", properties=properties)
+        properties["items"].append(3)
+        properties["late"] = True
+        assert client.flush(5)
+        assert collector.messages[0]["properties"] == {"items": [1, 2]}
+
+    @pytest.mark.parametrize(
+        ("timestamp", "expected"),
+        [
+            (dt.datetime(2014, 3, 1, 12, 30, tzinfo=dt.timezone.utc), "2014-03-01T12:30:00.000Z"),
+            ("2014-03-01T13:30:00+01:00", "2014-03-01T12:30:00.000Z"),
+            (1393677000, "2014-03-01T12:30:00.000Z"),
+        ],
+    )
+    def test_a_historical_timestamp_is_kept(
+        self, timestamp: Any, expected: str, make_client: Any, collector: LocalCollector
+    ) -> None:
+        """timestamp= (datetime, ISO string or epoch seconds) is sent as given, in UTC."""
+        client = make_client()
+        client.track(user_id="u", event="Imported", timestamp=timestamp)
+        assert client.flush(5)
+        assert collector.messages[0]["timestamp"] == expected
+
+
+class TestValidation:
+    @pytest.mark.parametrize(
+        ("kind", "kwargs", "fragment"),
+        [
+            ("identify", {"traits": {"a": 1}}, "user_id or an anonymous_id"),
+            ("track", {"user_id": "u"}, "event name"),
+            ("group", {"user_id": "u"}, "group_id"),
+            ("alias", {"user_id": "u"}, "previous_id"),
+            ("identify", {"user_id": "u", "traits": ["not", "a", "dict"]}, "traits must be a dict"),
+            ("track", {"user_id": {"id": 1}, "event": "E"}, "user_id must be"),
+            ("track", {"user_id": "u", "event": "E", "timestamp": "yesterday"}, "ISO-8601"),
+            ("track", {"user_id": "u", "event": "E", "message_id": "x" * 101}, "message_id"),
+            ("track", {"session_id": "s1", "anonymous_id": "a1", "event": "E"}, "session_id"),
+        ],
+    )
+    def test_an_invalid_call_raises_value_error(
+        self, kind: str, kwargs: Dict[str, Any], fragment: str, make_client: Any
+    ) -> None:
+        """A call Segment would reject raises ValueError on the caller's thread, saying why."""
+        client = make_client()
+        with pytest.raises(ValueError, match=fragment):
+            getattr(client, kind)(**kwargs)
+        assert client.stats()["enqueued"] == 0
+
+    def test_session_id_and_the_same_anonymous_id_are_accepted(
+        self, make_client: Any, collector: LocalCollector
+    ) -> None:
+        """Both spellings with one value are not a conflict."""
+        client = make_client()
+        client.track(session_id="s1", anonymous_id="s1", event="E")
+        assert client.flush(5)
+        assert collector.messages[0]["anonymousId"] == "s1"
+
+    def test_an_oversize_message_is_reported_not_raised(
+        self, make_client: Any, collector: LocalCollector
+    ) -> None:
+        """A message over 32 KB goes to on_failure with its size and is counted as dropped."""
+        failures = Recorder()
+        client = make_client(on_failure=failures)
+        returned = client.track(user_id="u", event="Huge", properties={"blob": "x" * 40_000})
+        client.track(user_id="u", event="Small")
+        assert returned is None
+        assert client.flush(5)
+        [(data, error)] = failures.calls
+        assert isinstance(error, MessageTooLarge)
+        assert error.size > 32 * 1024
+        assert "32 KB" in error.reason
+        assert data[0]["event"] == "Huge"
+        assert [m["event"] for m in collector.messages] == ["Small"]
+        stats = client.stats()
+        assert (stats["dropped"], stats["delivered"]) == (1, 1)
+
+
+class TestClients:
+    def test_clients_are_separate_pipelines(
+        self, make_client: Any, collector: LocalCollector
+    ) -> None:
+        """Two clients send with their own write keys; closing one leaves the other open."""
+        first = make_client("key-one")
+        second = make_client("key-two")
+        first.track(user_id="u", event="One")
+        second.track(user_id="u", event="Two")
+        assert first.flush(5) and second.flush(5)
+        by_key = {r.write_key: [m["event"] for m in r.messages] for r in collector.requests}
+        assert by_key == {"key-one": ["One"], "key-two": ["Two"]}
+        first.shutdown(timeout=2)
+        assert second.track(user_id="u", event="Still open") is not None
+        assert first.track(user_id="u", event="After close") is None
+        assert second.flush(5)
+        assert collector.messages[-1]["event"] == "Still open"
+        assert first.stats()["dropped"] == 1
+        assert second.stats()["delivered"] == 2
+
+    def test_shutdown_is_idempotent(self, make_client: Any, collector: LocalCollector) -> None:
+        """shutdown delivers what is queued and may be called twice."""
+        client = make_client(flush_interval=30)
+        client.track(user_id="u", event="E")
+        assert client.shutdown(timeout=5) is True
+        assert client.shutdown(timeout=5) is True
+        assert [m["event"] for m in collector.messages] == ["E"]
+
+
+class TestModuleLevel:
+    @pytest.mark.parametrize("name", CALLS)
+    def test_module_calls_have_the_client_signatures(self, name: str) -> None:
+        """Each module-level call has the Client method's explicit signature (for type checkers)."""
+        method = inspect.signature(getattr(Client, name))
+        function = inspect.signature(getattr(segmentio_logging, name))
+        assert list(function.parameters.values()) == list(method.parameters.values())[1:]
+        assert function.return_annotation == method.return_annotation
+        assert getattr(segmentio_logging, name).__doc__ == getattr(Client, name).__doc__
+
+    def test_module_calls_forward_every_argument(self, collector: LocalCollector) -> None:
+        """Every keyword of every module-level call reaches the message."""
+        segmentio_logging.init("k", host=collector.url, flush_interval=0.05)
+        context = {"ip": "1.2.3.4"}
+        common = {"context": context, "integrations": {"All": True}, "timestamp": 0}
+        segmentio_logging.identify(anonymous_id="a", traits={"t": 1}, message_id="m1", **common)
+        segmentio_logging.track("s", "u", "E", {"p": 1}, message_id="m2", **common)
+        segmentio_logging.group(
+            user_id="u", group_id="g", traits={"t": 2}, message_id="m3", **common
+        )
+        segmentio_logging.alias("old", "u", message_id="m4", **common)
+        segmentio_logging.page(user_id="u", category="C", name="P", message_id="m5", **common)
+        segmentio_logging.screen(anonymous_id="a", name="S", properties={"q": 1}, **common)
+        assert segmentio_logging.flush(5)
+        messages = collector.messages
+        assert [m["type"] for m in messages] == list(CALLS)
+        assert [m["messageId"] for m in messages][:5] == ["m1", "m2", "m3", "m4", "m5"]
+        for message in messages:
+            assert message["timestamp"] == "1970-01-01T00:00:00.000Z"
+            assert message["context"]["ip"] == "1.2.3.4"
+            assert message["integrations"] == {"All": True}
+        assert messages[2]["groupId"] == "g" and messages[3]["previousId"] == "old"
+        assert messages[5]["properties"] == {"q": 1}
+
+    def test_without_init_the_environment_configures_the_client(
+        self, collector: LocalCollector, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Module-level calls without init build a client from SEGMENT_WRITE_KEY and friends."""
+        monkeypatch.setenv("SEGMENT_WRITE_KEY", "env-key")
+        monkeypatch.setenv("SEGMENT_HOST", collector.url)
+        monkeypatch.setenv("SEGMENT_FLUSH_INTERVAL", "0.05")
+        segmentio_logging.track("sid", "uid", "From Env")
+        assert segmentio_logging.flush(5)
+        [request] = collector.requests
+        assert request.write_key == "env-key"
+        assert [m["event"] for m in request.messages] == ["From Env"]
+
+    def test_without_init_or_environment_the_error_says_what_to_do(self) -> None:
+        """With no init and no SEGMENT_WRITE_KEY, a call raises a ValueError naming both."""
+        with pytest.raises(ValueError) as info:
+            segmentio_logging.track("sid", "uid", "E")
+        assert "init" in str(info.value) and "SEGMENT_WRITE_KEY" in str(info.value)
+
+    def test_init_replaces_and_shuts_down_the_previous_client(
+        self, collector: LocalCollector
+    ) -> None:
+        """A second init delivers the first client's messages; later calls use the new key."""
+        first = segmentio_logging.init("key-one", host=collector.url, flush_interval=30)
+        segmentio_logging.track("s", "u", "Before")
+        segmentio_logging.init("key-two", host=collector.url, flush_interval=0.05)
+        segmentio_logging.track("s", "u", "After")
+        assert segmentio_logging.flush(5)
+        by_key = {r.write_key: [m["event"] for m in r.messages] for r in collector.requests}
+        assert by_key == {"key-one": ["Before"], "key-two": ["After"]}
+        assert first.track("s", "u", "Late") is None  # the old client is closed
+
+    def test_callbacks_set_before_init_apply_to_the_client(self, collector: LocalCollector) -> None:
+        """on_success registered before init is used by the client init creates."""
+        successes = Recorder()
+        segmentio_logging.on_success(successes)
+        segmentio_logging.init("k", host=collector.url, flush_interval=0.05)
+        segmentio_logging.track("s", "u", "E")
+        assert segmentio_logging.flush(5)
+        assert successes.event.wait(5)
+
+    def test_shutdown_resets_the_module(self, collector: LocalCollector) -> None:
+        """After shutdown: no client, no callbacks, zeroed stats, and flush is trivially True."""
+        successes = Recorder()
+        segmentio_logging.init("k", host=collector.url, flush_interval=0.05)
+        segmentio_logging.on_success(successes)
+        segmentio_logging.track("s", "u", "E")
+        before = segmentio_logging.stats()
+        assert segmentio_logging.shutdown(timeout=5) is True
+        assert successes.event.wait(5)
+        assert before["enqueued"] == 1
+        after = segmentio_logging.stats()
+        assert set(after) == set(before) and not any(after.values())
+        assert segmentio_logging.flush() is True
+        calls = len(successes.calls)
+        segmentio_logging.init("k", host=collector.url, flush_interval=0.05)
+        segmentio_logging.track("s", "u", "E2")
+        assert segmentio_logging.flush(5)
+        assert len(successes.calls) == calls  # the old callback was forgotten
+
+    def test_flush_returns_after_the_callbacks_ran(self, collector: LocalCollector) -> None:
+        """flush() returns only once on_success ran for every batch it waited for."""
+        finished = threading.Event()
+
+        def slow(data: Any, response: Any) -> None:
+            threading.Event().wait(0.3)  # a slow callback, not synchronisation
+            finished.set()
+
+        segmentio_logging.init("k", host=collector.url, flush_interval=0.05, on_success=slow)
+        segmentio_logging.track("s", "u", "E")
+        assert segmentio_logging.flush(5)
+        assert finished.is_set()
+
+    def test_a_raising_callback_does_not_stop_delivery(self, collector: LocalCollector) -> None:
+        """on_success that raises is reported, and later batches are still delivered."""
+
+        def broken(data: Any, response: Any) -> None:
+            raise RuntimeError("callback bug")
+
+        segmentio_logging.init("k", host=collector.url, flush_interval=0.05, on_success=broken)
+        segmentio_logging.track("s", "u", "One")
+        assert segmentio_logging.flush(5)
+        segmentio_logging.track("s", "u", "Two")
+        assert segmentio_logging.flush(5)
+        assert [m["event"] for m in collector.messages] == ["One", "Two"]

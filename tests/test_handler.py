@@ -1,0 +1,545 @@
+"""SegmentHandler and SegmentQueueListener: configuration, mapping through logging, safety."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import logging.handlers
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+
+from segmentio_logging import InvalidMessage, SegmentHandler, SegmentQueueListener
+from segmentio_logging.testing import LocalCollector, Reply
+
+# Targets for the dotted-path callback options below.
+FAILURES: List[Tuple[Any, Any]] = []
+FAILED = threading.Event()
+
+
+def record_failure(data: Any, error: Any) -> None:
+    FAILURES.append((data, error))
+    FAILED.set()
+
+
+@pytest.fixture
+def failures() -> Iterator[List[Tuple[Any, Any]]]:
+    """The module-level failure list, emptied before and after the test."""
+    FAILURES.clear()
+    FAILED.clear()
+    yield FAILURES
+    FAILURES.clear()
+    FAILED.clear()
+
+
+class Recorder:
+    """Collects callback calls from the worker thread."""
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[Any, Any]] = []
+        self.event = threading.Event()
+
+    def __call__(self, data: Any, arg: Any) -> None:
+        self.calls.append((data, arg))
+        self.event.set()
+
+
+def handlers_of(*loggers: logging.Logger) -> List[logging.Handler]:
+    return [h for lg in loggers for h in lg.handlers]
+
+
+def close_segment_handlers(*loggers: logging.Logger) -> None:
+    for handler in handlers_of(*loggers):
+        if isinstance(handler, SegmentHandler):
+            handler.close()
+
+
+class TestHandlerClass:
+    def test_a_plain_handler_not_a_queue_handler(self) -> None:
+        """SegmentHandler is a logging.Handler and not a QueueHandler (dictConfig on 3.12+)."""
+        assert issubclass(SegmentHandler, logging.Handler)
+        assert not issubclass(SegmentHandler, logging.handlers.QueueHandler)
+
+    def test_stats_has_the_documented_counters(self, make_handler: Any) -> None:
+        """stats() reports enqueued, delivered, failed, dropped and skipped, all zero at first."""
+        stats = make_handler().stats()
+        for name in ("enqueued", "delivered", "failed", "dropped", "skipped"):
+            assert stats[name] == 0
+
+    def test_the_repr_shows_the_host_and_not_the_key(self, make_handler: Any) -> None:
+        """repr names the host and level and keeps the write key out."""
+        handler = make_handler(write_key="very-secret-key")
+        assert handler.options.host in repr(handler)
+        assert "very-secret-key" not in repr(handler)
+
+
+class TestDictConfig:
+    def configure(self, collector: LocalCollector, **segment: Any) -> SegmentHandler:
+        handler_config: Dict[str, Any] = {
+            "class": "segmentio_logging.SegmentHandler",
+            "write_key": "dict-key",
+            "host": collector.url,
+            "batch_size": 5,
+            "flush_interval": 0.05,
+            **segment,
+        }
+        logging.config.dictConfig(
+            {
+                "version": 1,
+                "disable_existing_loggers": False,
+                "formatters": {"plain": {"format": "%(levelname)s %(message)s"}},
+                "handlers": {"segment": handler_config},
+                "loggers": {
+                    "dictapp": {"handlers": ["segment"], "level": "DEBUG", "propagate": False}
+                },
+            }
+        )
+        [handler] = logging.getLogger("dictapp").handlers
+        assert isinstance(handler, SegmentHandler)
+        return handler
+
+    def test_custom_keyword_options(self, collector: LocalCollector) -> None:
+        """dictConfig passes write_key, host, batch_size and flush_interval to the handler."""
+        handler = self.configure(collector)
+        try:
+            assert handler.options.write_key == "dict-key"
+            assert handler.options.batch_size == 5
+            assert handler.options.flush_interval == 0.05
+            logging.getLogger("dictapp").info("Configured", extra={"user_id": "u1"})
+            assert handler.flush(5)
+            [request] = collector.requests
+            assert request.write_key == "dict-key"
+            assert [m["event"] for m in request.messages] == ["Configured"]
+        finally:
+            handler.close()
+
+    @pytest.mark.parametrize("prefix", ["", "ext://"])
+    def test_on_failure_as_a_dotted_path(
+        self, prefix: str, collector: LocalCollector, failures: List[Any]
+    ) -> None:
+        """on_failure given as a dotted path (or ext://) is imported and called on failure."""
+        handler = self.configure(collector, on_failure=f"{prefix}{__name__}.record_failure")
+        try:
+            assert handler.options.on_failure is sys.modules[__name__].record_failure
+            collector.script(Reply(400, '{"error":"nope"}'))
+            logging.getLogger("dictapp").info("Rejected", extra={"user_id": "u1"})
+            assert handler.flush(5)
+            assert FAILED.wait(5)
+            [(data, error)] = failures
+            assert data[0]["event"] == "Rejected" and error.status == 400
+        finally:
+            handler.close()
+
+    def test_level_and_formatter_keys(self, collector: LocalCollector) -> None:
+        """The level and formatter keys apply: records below the level are not sent."""
+        handler = self.configure(collector, level="INFO", formatter="plain")
+        try:
+            assert handler.level == logging.INFO
+            assert isinstance(handler.formatter, logging.Formatter)
+            log = logging.getLogger("dictapp")
+            log.debug("Too Low", extra={"user_id": "u1"})
+            log.info("Kept", extra={"user_id": "u1"})
+            assert handler.flush(5)
+            assert [m["event"] for m in collector.messages] == ["Kept"]
+        finally:
+            handler.close()
+
+    def test_an_invalid_option_fails_the_configuration(self, collector: LocalCollector) -> None:
+        """dictConfig reports a bad option by name and leaves no half-built handler behind."""
+        with pytest.raises(ValueError) as info:
+            self.configure(collector, batch_size=0)
+        assert "batch_size" in str(info.value.__cause__)
+        # logging.shutdown (at exit, or in the next dictConfig) flushes every registered handler.
+        registered = [ref() for ref in logging._handlerList]  # type: ignore[attr-defined]
+        for handler in registered:
+            if isinstance(handler, SegmentHandler):
+                assert handler.flush(1) in (True, False)
+
+    def test_file_config_with_kwargs(self, collector: LocalCollector, tmp_path: Path) -> None:
+        """fileConfig builds the handler from a kwargs= line."""
+        ini = tmp_path / "logging.ini"
+        ini.write_text(
+            textwrap.dedent(
+                f"""
+                [loggers]
+                keys=root,fileapp
+
+                [handlers]
+                keys=segment
+
+                [formatters]
+                keys=
+
+                [logger_root]
+                handlers=
+
+                [logger_fileapp]
+                level=INFO
+                handlers=segment
+                propagate=0
+                qualname=fileapp
+
+                [handler_segment]
+                class=segmentio_logging.SegmentHandler
+                level=INFO
+                args=()
+                kwargs={{"write_key": "ini-key", "host": "{collector.url}", "flush_interval": 0.05}}
+                """
+            )
+        )
+        logging.config.fileConfig(ini, disable_existing_loggers=False)
+        [handler] = logging.getLogger("fileapp").handlers
+        try:
+            assert isinstance(handler, SegmentHandler)
+            logging.getLogger("fileapp").info("From INI", extra={"session_id": "s1"})
+            assert handler.flush(5)
+            [request] = collector.requests
+            assert request.write_key == "ini-key"
+            assert request.messages[0]["anonymousId"] == "s1"
+        finally:
+            handler.close()
+
+
+class TestMapping:
+    def test_every_call_type(
+        self, make_handler: Any, logger: logging.Logger, collector: LocalCollector
+    ) -> None:
+        """Each reserved extra key leads to the right call type with Segment's field names."""
+        handler = make_handler()
+        logger.addHandler(handler)
+        logger.info("Played a Song", extra={"user_id": "u1", "properties": {"artist": "Beatles"}})
+        logger.info("ignored text", extra={"user_id": "u1", "event": "Named Event"})
+        logger.info("Identified", extra={"user_id": "u1", "traits": {"plan": "Free"}})
+        logger.info("Grouped", extra={"user_id": "u1", "group_id": "g1", "traits": {"n": 1}})
+        logger.info("Aliased", extra={"user_id": "u1", "previous_id": "anon-1"})
+        logger.info("Home", extra={"user_id": "u1", "segment_type": "page", "category": "Docs"})
+        logger.info("Settings", extra={"anonymous_id": "a1", "segment_type": "screen"})
+        assert handler.flush(5)
+        track, named, identify, group, alias, page, screen = collector.messages
+        assert track["type"] == "track" and track["event"] == "Played a Song"
+        assert track["properties"] == {"artist": "Beatles"}
+        assert named["type"] == "track" and named["event"] == "Named Event"
+        assert identify["type"] == "identify" and identify["traits"] == {"plan": "Free"}
+        assert group["type"] == "group" and group["groupId"] == "g1"
+        assert group["traits"] == {"n": 1}
+        assert alias["type"] == "alias" and alias["previousId"] == "anon-1"
+        assert page["type"] == "page" and page["name"] == "Home"
+        assert page["category"] == "Docs"
+        assert screen["type"] == "screen" and screen["name"] == "Settings"
+        assert screen["anonymousId"] == "a1"
+        for message in collector.messages:
+            assert message["context"]["library"]["name"] == "segmentio-logging"
+            assert message["timestamp"].endswith("Z") and message["messageId"]
+
+    @pytest.mark.parametrize("key", ["session_id", "anonymous_id"])
+    def test_seed_and_segment_names_for_the_anonymous_id(
+        self, key: str, make_handler: Any, logger: logging.Logger, collector: LocalCollector
+    ) -> None:
+        """extra session_id (the seed's name) and anonymous_id both become anonymousId."""
+        handler = make_handler()
+        logger.addHandler(handler)
+        logger.info("Visited", extra={key: "anon-7"})
+        assert handler.flush(5)
+        [message] = collector.messages
+        assert message["anonymousId"] == "anon-7" and "userId" not in message
+
+    def test_the_formatted_message_is_the_event(
+        self, make_handler: Any, logger: logging.Logger, collector: LocalCollector
+    ) -> None:
+        """A track event without event= is the record's message with its arguments."""
+        handler = make_handler()
+        logger.addHandler(handler)
+        logger.info("Bought %d items", 3, extra={"user_id": "u1"})
+        assert handler.flush(5)
+        assert collector.messages[0]["event"] == "Bought 3 items"
+
+    def test_records_without_an_id_are_skipped_and_counted(
+        self, make_handler: Any, logger: logging.Logger, collector: LocalCollector
+    ) -> None:
+        """Records with no user or anonymous id are not events: skipped, counted, never sent."""
+        handler = make_handler()
+        logger.addHandler(handler)
+        logger.info("plain log line")
+        logger.warning("another", extra={"properties": {"a": 1}})
+        logger.info("Event", extra={"user_id": "u1"})
+        assert handler.flush(5)
+        stats = handler.stats()
+        assert stats["skipped"] == 2
+        assert stats["enqueued"] == stats["delivered"] == 1
+        assert [m["event"] for m in collector.messages] == ["Event"]
+
+    def test_properties_are_snapshot_at_emit(
+        self, make_handler: Any, logger: logging.Logger, collector: LocalCollector
+    ) -> None:
+        """Changing a properties dict after logging does not change what is sent."""
+        handler = make_handler(flush_interval=30)
+        logger.addHandler(handler)
+        properties = {"items": ["a"]}
+        logger.info("Cart", extra={"user_id": "u1", "properties": properties})
+        properties["items"].append("b")
+        properties["late"] = 1
+        assert handler.flush(5)
+        assert collector.messages[0]["properties"] == {"items": ["a"]}
+
+
+class LogsWhenPrinted:
+    """An object whose __str__ logs to a logger: the re-entrancy hazard."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.calls = 0
+
+    def __str__(self) -> str:
+        self.calls += 1
+        if self.calls > 50:  # a safety net so that a failing test cannot hang
+            return "recursed"
+        self.log.info("logged from __str__", extra={"user_id": "inner"})
+        return "printed"
+
+
+class AddUser(logging.Filter):
+    """Adds a user id to every record, as apps that tag records with the current user do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.user_id = "u-filter"
+        return True
+
+
+class TestFeedbackLoops:
+    def test_the_handlers_own_traffic_never_becomes_events(
+        self, make_handler: Any, collector: LocalCollector
+    ) -> None:
+        """Root and urllib3 at DEBUG, a filter adding user_id: only the app records are sent."""
+        root = logging.getLogger()
+        root.setLevel(logging.DEBUG)
+        logging.getLogger("urllib3").setLevel(logging.DEBUG)
+        handler = make_handler(batch_size=10)
+        handler.addFilter(AddUser())
+        root.addHandler(handler)
+        app = logging.getLogger("tests.feedback.app")
+        for i in range(5):
+            app.info("App Event %d", i)
+            assert handler.flush(5)  # five separate requests, each logging through urllib3
+        # Records from the package's own loggers, on the app's thread, are ignored too.
+        logging.getLogger("urllib3.connectionpool").debug("not an event")
+        logging.getLogger("segmentio_logging._worker").info("not an event")
+        assert handler.flush(5)
+        requests = len(collector.requests)
+        assert 1 <= requests <= 5
+        # Nothing more is sent: no request feeds another.
+        assert not collector.wait_for(lambda c: len(c._requests) > requests, timeout=0.5)
+        events = [m["event"] for m in collector.messages]
+        assert events == [f"App Event {i}" for i in range(5)]
+        assert all(m["userId"] == "u-filter" for m in collector.messages)
+        assert handler.stats()["ignored"] >= 2
+
+    def test_str_that_logs_does_not_recurse(
+        self, make_handler: Any, logger: logging.Logger, collector: LocalCollector
+    ) -> None:
+        """An object in properties whose __str__ logs to the same logger is converted once."""
+        handler = make_handler()
+        logger.handlers[:] = [handler]
+        hazard = LogsWhenPrinted(logger)
+        logger.info("Outer", extra={"user_id": "u1", "properties": {"obj": hazard}})
+        assert handler.flush(5)
+        [message] = collector.messages
+        assert message["properties"] == {"obj": "printed"}
+        assert hazard.calls == 1
+
+    @pytest.mark.parametrize("sync_mode", [False, True])
+    def test_str_of_an_argument_that_logs_does_not_recurse(
+        self,
+        sync_mode: bool,
+        make_handler: Any,
+        logger: logging.Logger,
+        collector: LocalCollector,
+    ) -> None:
+        """A message argument whose __str__ logs is formatted once, on the caller's thread too."""
+        handler = make_handler(sync_mode=sync_mode)
+        # Only this handler: another one (pytest attaches its capture handler to
+        # non-propagating loggers) would format the record outside the guard.
+        logger.handlers[:] = [handler]
+        hazard = LogsWhenPrinted(logger)
+        logger.info("Saw %s", hazard, extra={"user_id": "u1"})
+        assert handler.flush(5)
+        assert [m["event"] for m in collector.messages] == ["Saw printed"]
+        assert hazard.calls == 1
+
+
+class BrokenFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        raise RuntimeError("filter bug")
+
+
+class TestNeverRaises:
+    def test_a_broken_filter_goes_to_handle_error(
+        self, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        """A filter that raises does not reach the app: handleError, on_failure and a count."""
+        failures = Recorder()
+        handler = make_handler(on_failure=failures)
+        handler.addFilter(BrokenFilter())
+        handled: List[logging.LogRecord] = []
+        handler.handleError = handled.append  # type: ignore[method-assign]
+        logger.addHandler(handler)
+        logger.info("Event", extra={"user_id": "u1"})  # must not raise
+        assert [r.getMessage() for r in handled] == ["Event"]
+        [(_, error)] = failures.calls
+        assert isinstance(error, InvalidMessage) and "filter bug" in error.reason
+        assert handler.stats()["dropped"] == 1
+
+    def test_a_broken_record_goes_to_handle_error(self, make_handler: Any) -> None:
+        """A record missing standard attributes does not raise out of handle or emit."""
+        handler = make_handler()
+        handled: List[logging.LogRecord] = []
+        handler.handleError = handled.append  # type: ignore[method-assign]
+        record = logging.makeLogRecord({"msg": "Event", "user_id": "u1"})
+        del record.created
+        handler.handle(record)
+        handler.emit(record)
+        assert handled == [record, record]
+        assert handler.stats()["dropped"] == 2
+
+    def test_a_bad_extra_value_is_reported_not_raised(
+        self, make_handler: Any, logger: logging.Logger, collector: LocalCollector
+    ) -> None:
+        """properties that are not a dict drop that record with a reason; the next is sent."""
+        failures = Recorder()
+        handler = make_handler(on_failure=failures)
+        logger.addHandler(handler)
+        logger.info("Bad", extra={"user_id": "u1", "properties": "not a dict"})
+        logger.info("Good", extra={"user_id": "u1"})
+        assert handler.flush(5)
+        assert failures.event.wait(5)
+        [(_, error)] = failures.calls
+        assert "properties must be a dict" in error.reason
+        assert [m["event"] for m in collector.messages] == ["Good"]
+        assert handler.stats()["dropped"] == 1
+
+    def test_close_is_idempotent_and_later_records_are_counted(
+        self, make_handler: Any, logger: logging.Logger, collector: LocalCollector
+    ) -> None:
+        """close() delivers, may be called twice, and a record after it is counted as dropped."""
+        handler = make_handler(flush_interval=30)
+        logger.addHandler(handler)
+        logger.info("Before", extra={"user_id": "u1"})
+        handler.close()
+        handler.close()
+        logger.info("After", extra={"user_id": "u1"})
+        assert [m["event"] for m in collector.messages] == ["Before"]
+        stats = handler.stats()
+        assert (stats["delivered"], stats["dropped"]) == (1, 1)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="dictConfig listener: needs 3.12+")
+class TestQueueListenerLayout:
+    def test_the_stdlib_queue_handler_layout(self, collector: LocalCollector) -> None:
+        """With a stdlib QueueHandler, SegmentQueueListener starts itself and respects levels."""
+        logging.config.dictConfig(
+            {
+                "version": 1,
+                "disable_existing_loggers": False,
+                "handlers": {
+                    "segment": {
+                        "class": "segmentio_logging.SegmentHandler",
+                        "write_key": "queue-key",
+                        "host": collector.url,
+                        "flush_interval": 0.05,
+                        "level": "INFO",
+                    },
+                    "queue": {
+                        "class": "logging.handlers.QueueHandler",
+                        "listener": "segmentio_logging.SegmentQueueListener",
+                        "handlers": ["segment"],
+                    },
+                },
+                "loggers": {
+                    "queueapp": {"handlers": ["queue"], "level": "DEBUG", "propagate": False}
+                },
+            }
+        )
+        [queue_handler] = logging.getLogger("queueapp").handlers
+        listener = queue_handler.listener  # type: ignore[attr-defined]
+        [segment] = listener.handlers
+        try:
+            assert isinstance(listener, SegmentQueueListener)
+            assert listener._thread is not None  # started without a call to start()
+            log = logging.getLogger("queueapp")
+            log.debug("Below Level", extra={"user_id": "u1"})
+            log.info("Through The Queue", extra={"user_id": "u1", "properties": {"k": 1}})
+            assert collector.wait_for_messages(1, timeout=5)
+            listener.stop()  # hands over everything still queued
+            assert segment.flush(5)
+            [message] = collector.messages
+            assert message["event"] == "Through The Queue"
+            assert message["properties"] == {"k": 1}
+            assert collector.requests[0].write_key == "queue-key"
+        finally:
+            listener.stop()
+            segment.close()
+
+    def test_listener_start_and_stop_are_idempotent(self) -> None:
+        """start() and stop() may be called twice."""
+        import queue
+
+        listener = SegmentQueueListener(queue.Queue())
+        listener.start()
+        listener.stop()
+        listener.stop()
+        assert listener._thread is None
+
+
+class TestReconfiguration:
+    def test_dict_config_replacing_a_segment_handler_does_not_deadlock(
+        self, collector: LocalCollector
+    ) -> None:
+        """A second dictConfig closes the first handler without hanging; its events still arrive."""
+        first = {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "handlers": {
+                "segment": {
+                    "class": "segmentio_logging.SegmentHandler",
+                    "write_key": "k",
+                    "host": collector.url,
+                    "flush_interval": 0.05,
+                    "batch_size": 2,
+                    # Longer than the join below: a close that waited on the worker would show.
+                    "shutdown_timeout": 30,
+                }
+            },
+            "root": {"handlers": ["segment"], "level": "DEBUG"},
+            "loggers": {"urllib3": {"level": "DEBUG"}},
+        }
+        second = {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "handlers": {"null": {"class": "logging.NullHandler"}},
+            "root": {"handlers": ["null"], "level": "WARNING"},
+        }
+        # Slow answers keep the worker inside a request (and urllib3's logging) during the swap.
+        collector.script(*[Reply(delay=0.1)] * 5)
+        errors: List[BaseException] = []
+
+        def reconfigure() -> None:
+            try:
+                logging.config.dictConfig(first)
+                app = logging.getLogger("tests.reconfig")
+                for i in range(6):
+                    app.info("Before Swap %d", i, extra={"user_id": "u1"})
+                logging.config.dictConfig(second)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=reconfigure, daemon=True)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "dictConfig deadlocked while closing SegmentHandler"
+        assert errors == []
+        assert collector.wait_for_messages(6, timeout=10)
+        events = sorted(m["event"] for m in collector.messages)
+        assert events == sorted(f"Before Swap {i}" for i in range(6))

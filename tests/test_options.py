@@ -1,0 +1,296 @@
+"""Options: keyword arguments, then SEGMENT_* environment variables, then defaults."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os.path
+from typing import Any, Dict
+
+import pytest
+
+from segmentio_logging import Client, SegmentHandler
+from segmentio_logging._options import (
+    DEFAULT_HOST,
+    OPTION_NAMES,
+    Options,
+    env_var,
+    resolve_dotted,
+    resolve_options,
+)
+
+DEFAULTS: Dict[str, Any] = {
+    "write_key": None,
+    "host": "https://api.segment.io",
+    "gzip": True,
+    "batch_size": 100,
+    "flush_interval": 0.5,
+    "max_queue_size": 10_000,
+    "timeout": 15.0,
+    "max_retries": 10,
+    "retry_budget": 60.0,
+    "shutdown_timeout": 5.0,
+    "on_success": None,
+    "on_failure": None,
+    "send": True,
+    "sync_mode": False,
+    "capture_extra": False,
+    "field_names": {},
+}
+
+# One valid value per option, as a keyword argument and as the environment spells it.
+VALID = [
+    ("write_key", "wk", "wk", "wk"),
+    ("host", "http://127.0.0.1:9", "http://127.0.0.1:9", "http://127.0.0.1:9"),
+    ("gzip", False, "false", False),
+    ("batch_size", 7, "7", 7),
+    ("flush_interval", 0.25, "0.25", 0.25),
+    ("max_queue_size", 50, "50", 50),
+    ("timeout", 3, "3", 3.0),
+    ("max_retries", 0, "0", 0),
+    ("retry_budget", 1.5, "1.5", 1.5),
+    ("shutdown_timeout", 2, "2", 2.0),
+    ("on_success", json.dumps, "json.dumps", json.dumps),
+    ("on_failure", os.path.join, "os.path.join", os.path.join),
+    ("send", False, "no", False),
+    ("sync_mode", True, "1", True),
+    ("capture_extra", True, "on", True),
+    ("field_names", {"user_id": "uid"}, '{"user_id": "uid"}', {"user_id": "uid"}),
+]
+
+# One invalid value per option: (name, value, expected exception type).
+INVALID = [
+    ("write_key", 12345, TypeError),
+    ("host", "ftp://example.com", ValueError),
+    ("host", "http://", ValueError),
+    ("gzip", "maybe", TypeError),
+    ("batch_size", "many", TypeError),
+    ("batch_size", 2.5, TypeError),
+    ("batch_size", 0, ValueError),
+    ("batch_size", 2501, ValueError),
+    ("flush_interval", -1, ValueError),
+    ("max_queue_size", 0, ValueError),
+    ("timeout", 0, ValueError),
+    ("max_retries", -1, ValueError),
+    ("max_retries", True, TypeError),
+    ("retry_budget", float("nan"), ValueError),
+    ("shutdown_timeout", "soon", TypeError),
+    ("on_success", 42, TypeError),
+    ("on_failure", "no_such_module_xyz.fn", ValueError),
+    ("on_failure", "json.no_such_function", ValueError),
+    ("on_failure", "json.__doc__", TypeError),
+    ("send", "perhaps", TypeError),
+    ("sync_mode", 2, TypeError),
+    ("capture_extra", [], TypeError),
+    ("field_names", ["user_id"], TypeError),
+    ("field_names", {"not_reserved": "x"}, ValueError),
+    ("field_names", {"user_id": "not an identifier"}, ValueError),
+    ("field_names", {"user_id": "msg"}, ValueError),
+    ("field_names", {"user_id": "uid", "anonymous_id": "uid"}, ValueError),
+]
+
+# Values that are only invalid as text (what an environment variable holds).
+INVALID_ENV = [
+    ("host", "ftp://example.com", ValueError),
+    ("gzip", "maybe", TypeError),
+    ("batch_size", "3000", ValueError),
+    ("batch_size", "ten", TypeError),
+    ("flush_interval", "-2", ValueError),
+    ("timeout", "fast", TypeError),
+    ("on_failure", "no_such_module_xyz.fn", ValueError),
+    ("field_names", "{not json", TypeError),
+    ("field_names", '{"user_id": "msg"}', ValueError),
+]
+
+
+def resolve(environ: Dict[str, str] | None = None, **given: Any) -> Options:
+    return resolve_options(given, environ or {})
+
+
+class TestDefaults:
+    def test_every_option_has_the_documented_default(self) -> None:
+        """Without arguments or environment, each option takes its documented default."""
+        options = resolve(send=False)
+        assert {name: getattr(options, name) for name in OPTION_NAMES} == {
+            **DEFAULTS,
+            "send": False,
+        }
+
+    def test_the_option_list_is_complete(self) -> None:
+        """OPTION_NAMES lists exactly the documented options, and the default host is Segment's."""
+        assert set(OPTION_NAMES) == set(DEFAULTS)
+        assert DEFAULT_HOST == "https://api.segment.io"
+
+    def test_the_write_key_is_kept_out_of_the_repr(self) -> None:
+        """repr(Options) never shows the write key, a secret."""
+        options = resolve(write_key="very-secret-key")
+        assert "very-secret-key" not in repr(options)
+        assert options.write_key == "very-secret-key"
+
+
+class TestEnvironment:
+    @pytest.mark.parametrize(("name", "given", "text", "expected"), VALID)
+    def test_an_unset_option_falls_back_to_its_variable(
+        self, name: str, given: Any, text: str, expected: Any
+    ) -> None:
+        """Each option reads SEGMENT_<NAME> when it is not passed."""
+        environ = {env_var(name): text}
+        if name != "write_key":
+            environ["SEGMENT_WRITE_KEY"] = "k"
+        assert getattr(resolve(environ), name) == expected
+
+    @pytest.mark.parametrize(("name", "given", "text", "expected"), VALID)
+    def test_a_keyword_accepts_the_plain_value(
+        self, name: str, given: Any, text: str, expected: Any
+    ) -> None:
+        """Each option accepts its natural Python value as a keyword argument."""
+        extra = {} if name == "write_key" else {"write_key": "k"}
+        assert getattr(resolve(**extra, **{name: given}), name) == expected
+
+    def test_variable_names(self) -> None:
+        """The variable of an option is SEGMENT_ and its name in capitals."""
+        assert env_var("write_key") == "SEGMENT_WRITE_KEY"
+        assert env_var("batch_size") == "SEGMENT_BATCH_SIZE"
+        assert env_var("field_names") == "SEGMENT_FIELD_NAMES"
+
+    def test_explicit_keywords_win_over_the_environment(self) -> None:
+        """A keyword argument beats the variable of the same option."""
+        environ = {
+            "SEGMENT_WRITE_KEY": "from-env",
+            "SEGMENT_HOST": "http://env.example",
+            "SEGMENT_BATCH_SIZE": "9",
+            "SEGMENT_GZIP": "false",
+        }
+        options = resolve(environ, write_key="given", host="http://kw.example", batch_size=3)
+        assert options.write_key == "given"
+        assert options.host == "http://kw.example"
+        assert options.batch_size == 3
+        assert options.gzip is False  # not passed: the environment still applies
+
+    def test_none_and_empty_variables_count_as_unset(self) -> None:
+        """A keyword of None and an empty variable both leave the default in place."""
+        options = resolve({"SEGMENT_BATCH_SIZE": ""}, write_key="k", batch_size=None)
+        assert options.batch_size == 100
+
+    def test_the_handler_and_client_read_the_process_environment(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """SegmentHandler and Client fall back to os.environ when built without arguments."""
+        monkeypatch.setenv("SEGMENT_WRITE_KEY", "env-key")
+        monkeypatch.setenv("SEGMENT_HOST", "http://127.0.0.1:9")
+        monkeypatch.setenv("SEGMENT_BATCH_SIZE", "11")
+        monkeypatch.setenv("SEGMENT_GZIP", "false")
+        handler = SegmentHandler()
+        client = Client()
+        try:
+            for options in (handler.options, client.options):
+                assert options.write_key == "env-key"
+                assert options.host == "http://127.0.0.1:9"
+                assert options.batch_size == 11
+                assert options.gzip is False
+        finally:
+            handler.close()
+            client.shutdown()
+
+
+class TestValidation:
+    @pytest.mark.parametrize(("name", "value", "error"), INVALID)
+    def test_an_invalid_keyword_raises_naming_the_option(
+        self, name: str, value: Any, error: type
+    ) -> None:
+        """A bad value raises TypeError or ValueError whose message starts with the option."""
+        with pytest.raises(error) as info:
+            resolve(**{"send": False, name: value})
+        assert str(info.value).startswith(name)
+
+    @pytest.mark.parametrize(("name", "text", "error"), INVALID_ENV)
+    def test_an_invalid_variable_raises_naming_the_variable(
+        self, name: str, text: str, error: type
+    ) -> None:
+        """A bad value from the environment names both the option and its variable."""
+        environ = {env_var(name): text}
+        with pytest.raises(error) as info:
+            resolve(environ, write_key="k")
+        assert str(info.value).startswith(f"{name} (from {env_var(name)})")
+
+    def test_unknown_options_list_the_valid_ones(self) -> None:
+        """An unknown keyword raises TypeError naming it and every valid option."""
+        with pytest.raises(TypeError) as info:
+            resolve(write_key="k", batchsize=10)
+        message = str(info.value)
+        assert "batchsize" in message
+        for name in OPTION_NAMES:
+            assert name in message
+
+    def test_the_handler_rejects_unknown_options_at_construction(self) -> None:
+        """SegmentHandler raises the same TypeError for a misspelt option."""
+        with pytest.raises(TypeError, match="flush_intervall"):
+            SegmentHandler("k", flush_intervall=1)
+
+    @pytest.mark.parametrize("size", [1, 2500])
+    def test_batch_size_accepts_its_bounds(self, size: int) -> None:
+        """batch_size accepts 1 and 2,500, Segment's limit per request."""
+        assert resolve(send=False, batch_size=size).batch_size == size
+
+    @pytest.mark.parametrize(("text", "expected"), [("5", 5), (" 12 ", 12), (8.0, 8)])
+    def test_integers_may_come_as_text_or_whole_floats(self, text: Any, expected: int) -> None:
+        """Integer options accept numeric strings (from INI files) and whole floats (from YAML)."""
+        assert resolve(send=False, batch_size=text).batch_size == expected
+
+    def test_the_write_key_is_required_when_sending(self) -> None:
+        """Without a write key (argument or variable), sending raises a ValueError saying how."""
+        with pytest.raises(ValueError, match="SEGMENT_WRITE_KEY"):
+            resolve()
+        with pytest.raises(ValueError, match="write_key is required"):
+            resolve(write_key="   ")
+
+    def test_no_write_key_is_needed_without_sending(self) -> None:
+        """send=False builds and validates messages without a write key."""
+        assert resolve(send=False).write_key is None
+
+    @pytest.mark.parametrize(
+        ("given", "expected"),
+        [
+            ("api.segment.io", "https://api.segment.io"),
+            ("https://events.eu1.segmentapis.com/", "https://events.eu1.segmentapis.com"),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ],
+    )
+    def test_hosts_are_normalised(self, given: str, expected: str) -> None:
+        """A bare host name gets https://, and a trailing slash goes."""
+        assert resolve(send=False, host=given).host == expected
+
+    def test_field_names_cannot_read_the_session_id_alias(self) -> None:
+        """Renaming a key to session_id clashes with the anonymous_id alias, unless it moves."""
+        with pytest.raises(ValueError, match="session_id"):
+            resolve(send=False, field_names={"user_id": "session_id"})
+        options = resolve(send=False, field_names={"anonymous_id": "session_id"})
+        assert options.field_names == {"anonymous_id": "session_id"}
+
+
+class TestDottedPaths:
+    @pytest.mark.parametrize(
+        ("path", "expected"),
+        [
+            ("json.dumps", json.dumps),
+            ("os.path.join", os.path.join),
+            ("os.path:join", os.path.join),
+            ("ext://json.dumps", json.dumps),
+            ("logging.Logger.info", logging.Logger.info),
+        ],
+    )
+    def test_a_dotted_path_resolves_to_the_object(self, path: str, expected: Any) -> None:
+        """Modules, packages, ':' separators, ext:// and nested attributes all resolve."""
+        assert resolve_dotted("on_failure", path) is expected
+
+    def test_a_callback_option_accepts_a_dotted_path(self) -> None:
+        """on_success and on_failure given as strings become the callables they name."""
+        options = resolve(send=False, on_success="json.dumps", on_failure="ext://os.path.join")
+        assert options.on_success is json.dumps
+        assert options.on_failure is os.path.join
+
+    @pytest.mark.parametrize("path", ["", "json", "json.", "a..b", "not a path.x"])
+    def test_a_malformed_path_raises_naming_the_option(self, path: str) -> None:
+        """A string that is not a dotted path raises ValueError naming the option."""
+        with pytest.raises(ValueError, match=r"^on_success"):
+            resolve_dotted("on_success", path)

@@ -1,0 +1,569 @@
+"""Transport: the request Segment expects, retries, Retry-After, 413 splits, deadlines."""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import gzip
+import json
+import re
+import socket
+import threading
+import time
+from typing import Any, Callable, Iterator, List, Tuple
+
+import pytest
+
+from segmentio_logging import DeliveryError, Response, __version__, _transport
+from segmentio_logging._transport import (
+    Deadline,
+    Outcome,
+    Transport,
+    backoff,
+    is_retryable,
+    retry_after,
+)
+from segmentio_logging.testing import LocalCollector, Reply
+
+MakeTransport = Callable[..., Transport]
+
+
+@pytest.fixture(autouse=True)
+def _fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries wait milliseconds, not seconds."""
+    monkeypatch.setattr(_transport, "BACKOFF_BASE", 0.01)
+
+
+@pytest.fixture
+def make_transport(collector: LocalCollector) -> Iterator[MakeTransport]:
+    """Transports pointed at the collector with small retry settings; closed after the test."""
+    made: List[Transport] = []
+
+    def make(**options: Any) -> Transport:
+        options.setdefault("host", collector.url)
+        options.setdefault("write_key", "test-key")
+        options.setdefault("timeout", 2.0)
+        options.setdefault("max_retries", 3)
+        options.setdefault("retry_budget", 5.0)
+        transport = Transport(**options)
+        made.append(transport)
+        return transport
+
+    yield make
+    for transport in made:
+        transport.close()
+
+
+def encoded(count: int, prefix: str = "m") -> List[bytes]:
+    """``count`` encoded track messages with message ids ``m0``, ``m1``..."""
+    return [
+        json.dumps({"type": "track", "event": "E", "userId": "u", "messageId": f"{prefix}{i}"})
+        .replace(" ", "")
+        .encode()
+        for i in range(count)
+    ]
+
+
+def ids(messages: List[Any]) -> List[str]:
+    return [m["messageId"] for m in messages]
+
+
+def assert_partition(outcomes: List[Outcome], count: int) -> None:
+    """The slices cover ``[0, count)`` exactly once, in order."""
+    position = 0
+    for start, end, _ in outcomes:
+        assert start == position and end > start
+        position = end
+    assert position == count
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (connections are refused)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def only_error(outcomes: List[Outcome]) -> DeliveryError:
+    assert len(outcomes) == 1
+    error = outcomes[0][2]
+    assert isinstance(error, DeliveryError)
+    return error
+
+
+def only_response(outcomes: List[Outcome]) -> Response:
+    assert len(outcomes) == 1
+    response = outcomes[0][2]
+    assert isinstance(response, Response)
+    return response
+
+
+class TestRequestShape:
+    def test_posts_to_batch_path(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """A batch is one POST to /v1/batch."""
+        only_response(make_transport().deliver(encoded(2)))
+        (request,) = collector.requests
+        assert request.method == "POST"
+        assert request.path == "/v1/batch"
+
+    def test_body_is_batch_sent_at_and_write_key(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """The JSON body holds exactly batch, sentAt and writeKey; the batch is the messages."""
+        make_transport(gzip=False).deliver(encoded(3))
+        body = collector.requests[0].body
+        assert set(body) == {"batch", "sentAt", "writeKey"}
+        assert ids(body["batch"]) == ["m0", "m1", "m2"]
+        assert body["writeKey"] == "test-key"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", body["sentAt"])
+
+    def test_basic_auth_with_write_key_and_empty_password(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """Authorization is HTTP Basic with the write key as user and an empty password."""
+        make_transport(write_key="wk_123").deliver(encoded(1))
+        request = collector.requests[0]
+        assert request.headers["authorization"] == "Basic " + base64.b64encode(b"wk_123:").decode(
+            "ascii"
+        )
+        assert request.write_key == "wk_123"
+
+    def test_content_type_and_user_agent(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """Content-Type is application/json; User-Agent names the library and its version."""
+        make_transport().deliver(encoded(1))
+        headers = collector.requests[0].headers
+        assert headers["content-type"] == "application/json"
+        assert f"segmentio-logging/{__version__}" in headers["user-agent"]
+
+    def test_gzip_on_compresses_the_body(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """With gzip the body is gzip data and Content-Encoding says so."""
+        make_transport(gzip=True).deliver(encoded(2))
+        request = collector.requests[0]
+        assert request.headers["content-encoding"] == "gzip"
+        assert json.loads(gzip.decompress(request.raw))["writeKey"] == "test-key"
+        assert ids(request.messages) == ["m0", "m1"]
+
+    def test_gzip_off_sends_plain_json(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """Without gzip the body is plain JSON and there is no Content-Encoding."""
+        make_transport(gzip=False).deliver(encoded(2))
+        request = collector.requests[0]
+        assert "content-encoding" not in request.headers
+        assert json.loads(request.raw)["writeKey"] == "test-key"
+
+    def test_batches_reuse_one_connection(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """Keep-alive: several batches in a row travel over the same TCP connection."""
+        transport = make_transport()
+        for i in range(4):
+            only_response(transport.deliver(encoded(2, prefix=f"b{i}-")))
+        assert len(collector.requests) == 4
+        assert {r.connection for r in collector.requests} == {collector.requests[0].connection}
+
+    def test_host_trailing_slash(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """A host given with a trailing slash still posts to /v1/batch."""
+        make_transport(host=collector.url + "/").deliver(encoded(1))
+        assert collector.requests[0].path == "/v1/batch"
+
+    def test_success_response_carries_status_text_and_attempts(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """A 2xx gives a Response with the status, body text and number of attempts."""
+        collector.script(Reply(201, body='{"ok":1}'))
+        response = only_response(make_transport().deliver(encoded(1)))
+        assert (response.status, response.text, response.attempts) == (201, '{"ok":1}', 1)
+
+    def test_empty_batch_sends_nothing(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """No messages, no request and no outcome."""
+        assert make_transport().deliver([]) == []
+        assert collector.requests == []
+
+
+class TestRetriedStatuses:
+    @pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])
+    def test_retried_then_delivered(
+        self, status: int, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """A retryable status is retried and the batch is delivered on the next attempt."""
+        collector.script(Reply(status))
+        response = only_response(make_transport().deliver(encoded(2)))
+        assert response.attempts == 2
+        assert [r.status for r in collector.requests] == [status, 200]
+        assert ids(collector.requests[1].messages) == ["m0", "m1"]
+
+    def test_gives_up_after_max_retries(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """max_retries=3 means four requests, then a DeliveryError with the last status and body."""
+        collector.default = Reply(500, body="down for maintenance")
+        error = only_error(make_transport(max_retries=3).deliver(encoded(2)))
+        assert len(collector.requests) == 4
+        assert (error.status, error.body, error.attempts, error.count) == (
+            500,
+            "down for maintenance",
+            4,
+            2,
+        )
+        assert "max_retries=3" in error.reason
+
+    def test_max_retries_zero_tries_once(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """max_retries=0: one request and no retry."""
+        collector.default = Reply(503)
+        error = only_error(make_transport(max_retries=0).deliver(encoded(1)))
+        assert len(collector.requests) == 1
+        assert error.attempts == 1
+
+    def test_retry_budget_bounds_the_time(
+        self,
+        collector: LocalCollector,
+        make_transport: MakeTransport,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """With many retries allowed, the retry budget still ends the attempts."""
+        monkeypatch.setattr(_transport, "BACKOFF_BASE", 0.1)
+        collector.default = Reply(500)
+        began = time.monotonic()
+        error = only_error(make_transport(max_retries=100, retry_budget=0.4).deliver(encoded(1)))
+        assert time.monotonic() - began < 3.0
+        assert error.status == 500
+        assert "retry budget" in error.reason
+        assert 1 <= len(collector.requests) < 101
+
+
+class TestNetworkErrors:
+    def test_reset_is_retried(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """A connection reset before the answer is retried on a new connection."""
+        collector.script(Reply(reset=True), Reply(reset=True))
+        response = only_response(make_transport().deliver(encoded(1)))
+        assert response.attempts == 3
+        assert [r.status for r in collector.requests] == [None, None, 200]
+
+    def test_read_timeout_is_retried(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """A server that hangs past the timeout is retried; the batch may arrive twice."""
+        collector.script(Reply(hang=True))
+        response = only_response(make_transport(timeout=0.2).deliver(encoded(1)))
+        assert response.attempts == 2
+        assert len(collector.requests) == 2
+
+    def test_refused_connection_is_retried_then_fails(self, make_transport: MakeTransport) -> None:
+        """A closed port refuses every attempt: max_retries+1 tries, an error without a status."""
+        transport = make_transport(host=f"http://127.0.0.1:{closed_port()}", max_retries=2)
+        error = only_error(transport.deliver(encoded(3)))
+        assert error.status is None
+        assert error.attempts == 3
+        assert error.count == 3
+        assert "refused" in error.body.lower() or "connection" in error.body.lower()
+
+    def test_unexpected_exception_becomes_an_error(self, collector: LocalCollector) -> None:
+        """A failure that is not a network error ends the batch with a DeliveryError, no raise."""
+
+        class Broken(Transport):
+            def post(self, body: bytes, timeout: float) -> Tuple[int, Any, str]:
+                raise ValueError("broken")
+
+        error = only_error(Broken(host=collector.url, write_key="k").deliver(encoded(2)))
+        assert error.count == 2
+        assert error.attempts == 1
+        assert "ValueError: broken" in error.body
+
+
+class TestNotRetried:
+    @pytest.mark.parametrize("status", [400, 401, 403, 404, 501, 505])
+    def test_one_request_and_error_with_status_and_body(
+        self, status: int, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """A non-retryable status is sent once and reported with its status and body."""
+        collector.script(Reply(status, body=f'{{"error":"no {status}"}}'))
+        error = only_error(make_transport().deliver(encoded(2)))
+        assert len(collector.requests) == 1
+        assert error.status == status
+        assert error.body == f'{{"error":"no {status}"}}'
+        assert (error.count, error.attempts) == (2, 1)
+
+
+class TestRetryAfter:
+    def test_seconds_are_waited(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """429 with Retry-After: 0.6 waits at least that long, not the tiny backoff."""
+        collector.script(Reply.retry_after(0.6, 429))
+        only_response(make_transport().deliver(encoded(1)))
+        first, second = collector.requests
+        assert second.received_at - first.received_at >= 0.6 - 0.05
+
+    def test_on_503(self, collector: LocalCollector, make_transport: MakeTransport) -> None:
+        """503 with Retry-After is honoured too."""
+        collector.script(Reply.retry_after(0.5, 503))
+        only_response(make_transport().deliver(encoded(1)))
+        first, second = collector.requests
+        assert second.received_at - first.received_at >= 0.5 - 0.05
+
+    def test_http_date(self, collector: LocalCollector, make_transport: MakeTransport) -> None:
+        """Retry-After as an HTTP date: the retry comes no earlier than that date."""
+        reply = Reply.retry_after(1, 429, http_date=True)
+        when = email.utils.parsedate_to_datetime(reply.headers["Retry-After"]).timestamp()
+        collector.script(reply)
+        only_response(make_transport().deliver(encoded(1)))
+        assert collector.requests[1].received_at >= when - 0.05
+
+    def test_capped(
+        self,
+        collector: LocalCollector,
+        make_transport: MakeTransport,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A Retry-After beyond the cap waits the cap."""
+        monkeypatch.setattr(_transport, "MAX_RETRY_AFTER", 0.3)
+        collector.script(Reply.retry_after(3600, 429))
+        began = time.monotonic()
+        only_response(make_transport().deliver(encoded(1)))
+        assert time.monotonic() - began < 3.0
+        first, second = collector.requests
+        assert second.received_at - first.received_at >= 0.3 - 0.05
+
+    def test_past_budget_gives_up_at_once(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """A wait that would pass the retry budget ends the batch now, with the 429."""
+        collector.script(Reply.retry_after(30, 429))
+        began = time.monotonic()
+        error = only_error(make_transport(retry_budget=0.5).deliver(encoded(1)))
+        assert time.monotonic() - began < 2.0
+        assert (error.status, error.attempts) == (429, 1)
+        assert len(collector.requests) == 1
+
+    def test_ignored_on_500(
+        self,
+        collector: LocalCollector,
+        make_transport: MakeTransport,
+    ) -> None:
+        """Retry-After on a 500 is not honoured: the backoff applies."""
+        collector.script(Reply(500, headers={"Retry-After": "30"}))
+        began = time.monotonic()
+        only_response(make_transport().deliver(encoded(1)))
+        assert time.monotonic() - began < 5.0
+
+
+class TestRetryAfterParsing:
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [("3", 3.0), ("0", 0.0), (" 1.5 ", 1.5), ("-4", 0.0), ("100000", 60.0)],
+    )
+    def test_seconds(self, value: str, expected: float) -> None:
+        """Delta seconds are read, negative ones clamp to zero, large ones to the cap."""
+        assert retry_after({"Retry-After": value}) == expected
+
+    @pytest.mark.parametrize("name", ["retry-after", "RETRY-AFTER", "Retry-After"])
+    def test_header_name_any_case(self, name: str) -> None:
+        """The header is found whatever its case."""
+        assert retry_after({name: "2"}) == 2.0
+
+    def test_http_date(self) -> None:
+        """An HTTP date gives the seconds from now until then."""
+        now = 1_700_000_000.0
+        value = email.utils.formatdate(now + 7, usegmt=True)
+        assert retry_after({"Retry-After": value}, now=now) == pytest.approx(7.0)
+
+    def test_http_date_minus_zero_zone(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A date with a -0000 zone is read as UTC, not as local time."""
+        if not hasattr(time, "tzset"):
+            pytest.skip("needs time.tzset to move the local zone away from UTC")
+        now = 1_700_000_000.0
+        value = email.utils.formatdate(now + 5).replace("+0000", "-0000")
+        assert value.endswith("-0000")
+        monkeypatch.setenv("TZ", "EST+05")
+        time.tzset()
+        try:
+            assert retry_after({"Retry-After": value}, now=now) == pytest.approx(5.0)
+        finally:
+            monkeypatch.undo()
+            time.tzset()
+
+    def test_http_date_in_the_past(self) -> None:
+        """A date already past means retry now."""
+        value = email.utils.formatdate(1_000.0, usegmt=True)
+        assert retry_after({"Retry-After": value}, now=2_000.0) == 0.0
+
+    @pytest.mark.parametrize("value", ["", "soon", "nan", "inf", "Mon, 99 Foo 2020"])
+    def test_unusable(self, value: str) -> None:
+        """An empty, unparseable or non-finite value is ignored."""
+        assert retry_after({"Retry-After": value}) is None
+
+    def test_absent(self) -> None:
+        """No header, no wait asked."""
+        assert retry_after({}) is None
+
+
+class TestBackoff:
+    @pytest.mark.parametrize("attempt", [1, 2, 3, 4, 10])
+    def test_full_jitter_within_bounds(self, attempt: int) -> None:
+        """Each wait is uniform in [0, base * 2**(attempt-1)], capped."""
+        bound = min(_transport.BACKOFF_CAP, _transport.BACKOFF_BASE * 2 ** (attempt - 1))
+        waits = [backoff(attempt) for _ in range(200)]
+        assert all(0 <= w <= bound for w in waits)
+        assert len(set(waits)) > 1
+        assert max(waits) > bound / 2
+
+    def test_cap(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Late attempts never wait past BACKOFF_CAP."""
+        monkeypatch.setattr(_transport, "BACKOFF_BASE", 1.0)
+        monkeypatch.setattr(_transport, "BACKOFF_CAP", 2.0)
+        assert all(backoff(30) <= 2.0 for _ in range(100))
+
+    @pytest.mark.parametrize(
+        ("status", "expected"),
+        [
+            (None, True),
+            (408, True),
+            (429, True),
+            (500, True),
+            (503, True),
+            (599, True),
+            (501, False),
+            (505, False),
+            (400, False),
+            (413, False),
+            (404, False),
+            (301, False),
+        ],
+    )
+    def test_is_retryable(self, status: Any, expected: bool) -> None:
+        """Network errors, 408, 429 and 5xx other than 501 and 505 are retryable."""
+        assert is_retryable(status) is expected
+
+
+class TestSplitOn413:
+    def test_halves_recursively_until_they_fit(self, make_transport: MakeTransport) -> None:
+        """A 413 splits the batch in halves, again and again; every message arrives once."""
+        with LocalCollector(max_body_bytes=300) as small:
+            transport = make_transport(host=small.url)
+            parts = encoded(10)
+            outcomes = transport.deliver(parts)
+            assert_partition(outcomes, 10)
+            assert all(isinstance(o, Response) for _, _, o in outcomes)
+            assert len(outcomes) > 2
+            delivered = ids(small.messages)
+            assert sorted(delivered) == sorted(f"m{i}" for i in range(10))
+            assert [r.status for r in small.requests].count(413) >= 2
+
+    def test_each_half_delivered(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """413 then two 200s: the two halves, in order, each reported delivered."""
+        collector.script(Reply(413))
+        outcomes = make_transport().deliver(encoded(5))
+        assert [(s, e) for s, e, _ in outcomes] == [(0, 2), (2, 5)]
+        assert [ids(r.messages) for r in collector.requests[1:]] == [
+            ["m0", "m1"],
+            ["m2", "m3", "m4"],
+        ]
+
+    def test_single_message_413_fails(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """A 413 for a single message cannot be split: one request, a DeliveryError."""
+        collector.script(Reply(413, body="too large"))
+        error = only_error(make_transport().deliver(encoded(1)))
+        assert len(collector.requests) == 1
+        assert (error.status, error.body, error.count) == (413, "too large", 1)
+
+    def test_failed_halves_reported_once_each(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """When the halves fail, each failed slice is one outcome; none overlap or repeat."""
+        collector.script(Reply(413), Reply(400, body="bad a"), Reply(500), Reply(400, body="bad b"))
+        outcomes = make_transport().deliver(encoded(4))
+        assert_partition(outcomes, 4)
+        errors = [o for _, _, o in outcomes]
+        assert all(isinstance(e, DeliveryError) for e in errors)
+        assert [(e.status, e.body, e.count) for e in errors] == [  # type: ignore[union-attr]
+            (400, "bad a", 2),
+            (400, "bad b", 2),
+        ]
+        assert len(collector.requests) == 4
+
+    def test_split_shares_the_retry_budget(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """The halves of a split batch share one retry budget rather than one each."""
+        # Budget 0.7 s, every retry asked for 0.5 s later: the first half makes two
+        # requests and gives up at 0.5 s; the second half has 0.2 s left, so one request.
+        collector.script(Reply(413))
+        collector.default = Reply.retry_after(0.5, 503)
+        outcomes = make_transport(max_retries=100, retry_budget=0.7).deliver(encoded(2))
+        assert_partition(outcomes, 2)
+        assert [r.status for r in collector.requests] == [413, 503, 503, 503]
+
+
+class TestDeadline:
+    def test_set_interrupts_a_retry_wait(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """Bringing the deadline forward from another thread ends a long Retry-After wait."""
+        collector.default = Reply.retry_after(30, 503)
+        deadline = Deadline()
+
+        def shut_down() -> None:
+            if collector.wait_for_requests(1, timeout=5):
+                deadline.set(time.monotonic())
+
+        thread = threading.Thread(target=shut_down)
+        thread.start()
+        began = time.monotonic()
+        outcomes = make_transport(retry_budget=60).deliver(encoded(3), deadline)
+        elapsed = time.monotonic() - began
+        thread.join(5)
+        error = only_error(outcomes)
+        assert elapsed < 3.0
+        assert "deadline" in error.reason
+        assert (error.status, error.count) == (503, 3)
+        assert len(collector.requests) == 1
+
+    def test_past_deadline_sends_nothing(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """A deadline already past fails the batch without a request."""
+        deadline = Deadline()
+        deadline.set(time.monotonic() - 1)
+        error = only_error(make_transport().deliver(encoded(2), deadline))
+        assert error.attempts == 0
+        assert collector.requests == []
+
+    def test_set_only_brings_forward(self) -> None:
+        """A later deadline never replaces an earlier one."""
+        deadline = Deadline()
+        deadline.set(100.0)
+        deadline.set(200.0)
+        assert deadline.at == 100.0
+
+    def test_deadline_bounds_a_hanging_request(
+        self, collector: LocalCollector, make_transport: MakeTransport
+    ) -> None:
+        """A request started near the deadline times out at the deadline, not the full timeout."""
+        collector.default = Reply(hang=True)
+        deadline = Deadline()
+        deadline.set(time.monotonic() + 0.3)
+        began = time.monotonic()
+        error = only_error(make_transport(timeout=30).deliver(encoded(1), deadline))
+        assert time.monotonic() - began < 3.0
+        assert error.status is None
