@@ -66,3 +66,18 @@ class DeliveryError(SegmentError):
             f"DeliveryError({self.reason!r}, count={self.count}, status={self.status}, "
             f"attempts={self.attempts})"
         )
+
+
+class SpoolError(SegmentError):
+    """The disk spool could not be used, or lost events (a corrupt file, a failed write).
+
+    ``path`` is the spool file or directory concerned; ``count`` is how many
+    events were lost with it (0 when none were, or when that is unknown).
+    """
+
+    def __init__(self, reason: str, *, count: int = 0, path: Optional[str] = None) -> None:
+        super().__init__(reason, count=count)
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"SpoolError({self.reason!r}, count={self.count}, path={self.path!r})"
