@@ -24,8 +24,16 @@ from ._worker import guard
 OWN_LOGGERS = frozenset({"urllib3", "segmentio_logging"})
 
 
+_own_names: Dict[str, bool] = {}
+
+
 def _is_own(name: str) -> bool:
-    return name.partition(".")[0] in OWN_LOGGERS
+    own = _own_names.get(name)
+    if own is None:
+        own = name.partition(".")[0] in OWN_LOGGERS
+        if len(_own_names) < 10_000:  # logger names are few; a bound all the same
+            _own_names[name] = own
+    return own
 
 
 class SegmentHandler(logging.Handler):

@@ -27,7 +27,7 @@ from ._message import batch_body, format_timestamp
 from ._version import __version__
 
 BATCH_PATH = "/v1/batch"
-GZIP_LEVEL = 6
+GZIP_LEVEL = 1  # JSON batches: level 6 costs four times the CPU for a few % smaller bodies
 BACKOFF_BASE = 0.5  # seconds before the first retry, at most; doubles each time
 BACKOFF_CAP = 10.0
 MAX_RETRY_AFTER = 60.0
@@ -156,29 +156,33 @@ class Transport:
         }
         if gzip:
             self.headers["Content-Encoding"] = "gzip"
+        self._path = urllib3.util.parse_url(self.url).request_uri
         self._pool = self._new_pool()
 
     def __repr__(self) -> str:
         return f"Transport(url={self.url!r}, gzip={self.gzip})"
 
-    @staticmethod
-    def _new_pool() -> urllib3.PoolManager:
-        return urllib3.PoolManager(num_pools=2, maxsize=2, retries=False)
+    def _new_pool(self) -> urllib3.HTTPConnectionPool:
+        # One keep-alive pool for the one host: a PoolManager would parse the URL and look
+        # the pool up again on every request (about 70 us each).
+        return urllib3.connection_from_url(self.url, maxsize=2, block=False, retries=False)
 
     def reset_after_fork(self) -> None:
         """A child must not share the parent's sockets."""
         self._pool = self._new_pool()
 
     def close(self) -> None:
-        self._pool.clear()
+        """Close idle connections; a later request opens a new one."""
+        old, self._pool = self._pool, self._new_pool()
+        old.close()
 
     def post(self, body: bytes, timeout: float) -> Tuple[int, Dict[str, str], str]:
         """One request; raises urllib3's errors for network failures."""
         if self.gzip:
             body = _gzip(body)
-        response = self._pool.request(
+        response = self._pool.urlopen(
             "POST",
-            self.url,
+            self._path,
             body=body,
             headers=self.headers,
             timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),

@@ -11,13 +11,13 @@ import math
 import re
 import uuid
 from decimal import Decimal
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segmentio_logging import InvalidMessage, MessageTooLarge, __version__
+from segmentio_logging import InvalidMessage, MessageTooLarge, __version__, _message
 from segmentio_logging._message import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
@@ -35,6 +35,48 @@ from segmentio_logging._message import (
 )
 
 LIBRARY = {"name": "segmentio-logging", "version": __version__}
+
+
+@pytest.fixture(autouse=True, scope="module", params=["stdlib-json", "orjson"])
+def json_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run every test of this module with both encoders: the standard library and orjson."""
+    saved = _message.FAST_JSON
+    if request.param == "stdlib-json":
+        _message.FAST_JSON = None
+    elif saved is None:
+        pytest.skip("orjson is not installed")
+    try:
+        yield str(request.param)
+    finally:
+        _message.FAST_JSON = saved
+
+
+class TestJsonBackends:
+    @given(
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+            | st.floats()
+            | st.text(max_size=20)
+            | st.datetimes()
+            | st.decimals()
+            | st.uuids()
+            | st.binary(max_size=10),
+            lambda inner: st.lists(inner, max_size=4)
+            | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+            max_leaves=20,
+        )
+    )
+    @settings(max_examples=200, deadline=None)
+    def test_orjson_and_stdlib_give_the_same_json(self, value: Any) -> None:
+        """Both encoders turn any message into the same JSON value."""
+        if _message.FAST_JSON is None:
+            pytest.skip("orjson is not installed")
+        message = {"type": "track", "properties": {"value": value}}
+        fast = _message.FAST_JSON(message)
+        assert fast is not None
+        assert json.loads(fast) == json.loads(dumps(message))
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 TOO_LARGE = re.compile(
     r"^message is \d{1,3}(,\d{3})* bytes, over Segment's 32 KB limit \(32,768 bytes\)$"
