@@ -1,0 +1,218 @@
+"""A fast Segment-compatible receiver for the benchmarks, meant to run in its own process.
+
+A raw-socket HTTP/1.1 server with keep-alive and one thread per connection:
+``POST /v1/batch`` (gzip or not) answers 200 and counts the messages in the
+batch; ``GET /count`` answers ``{"count": N, "requests": R, "last": T}``.
+When started by :func:`start` the count, the request count and the
+``time.monotonic()`` of the last batch (one clock for every process on Linux
+and macOS) are also kept in shared memory, so the benchmark reads them without
+a request of its own.
+
+Run it alone with ``python benchmarks/receiver.py [--port N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import socket
+import sys
+import threading
+import time
+import zlib
+from typing import Any, Optional, Tuple
+
+OK_BODY = b'{"success":true}'
+OK = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+    + str(len(OK_BODY)).encode()
+    + b"\r\n\r\n"
+    + OK_BODY
+)
+
+
+class Counters:
+    """Where the receiver writes what it got: shared memory, or plain attributes."""
+
+    def __init__(self, shared: Optional[Tuple[Any, Any, Any]] = None) -> None:
+        self.shared = shared
+        self.lock = threading.Lock()
+        self.count = 0
+        self.requests = 0
+        self.last = 0.0
+
+    def add(self, messages: int, at: float) -> None:
+        with self.lock:
+            self.count += messages
+            self.requests += 1
+            self.last = at
+            if self.shared is not None:
+                count, requests, last = self.shared
+                count.value = self.count
+                requests.value = self.requests
+                last.value = at
+
+
+def _reply(status: str, body: bytes) -> bytes:
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def _serve_connection(conn: socket.socket, counters: Counters) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buffer = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                chunk = conn.recv(262_144)
+                if not chunk:
+                    return
+                buffer += chunk
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            method, path = lines[0].split(b" ")[:2]
+            length = 0
+            gzipped = False
+            close = False
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"content-encoding":
+                    gzipped = b"gzip" in value.lower()
+                elif name == b"connection":
+                    close = value.strip().lower() == b"close"
+            while len(buffer) < length:
+                chunk = conn.recv(max(262_144, length - len(buffer)))
+                if not chunk:
+                    return
+                buffer += chunk
+            body, buffer = buffer[:length], buffer[length:]
+            arrived = time.monotonic()
+            if method == b"POST" and path.startswith(b"/v1/batch"):
+                try:
+                    if gzipped:
+                        body = zlib.decompress(body, 47)  # gzip or zlib header
+                    batch = json.loads(body)["batch"]
+                except Exception as exc:
+                    conn.sendall(_reply("400 Bad Request", json.dumps(str(exc)).encode()))
+                    continue
+                counters.add(len(batch), arrived)
+                conn.sendall(OK)
+            elif method == b"GET" and path.startswith(b"/count"):
+                with counters.lock:
+                    state = {
+                        "count": counters.count,
+                        "requests": counters.requests,
+                        "last": counters.last,
+                    }
+                conn.sendall(_reply("200 OK", json.dumps(state).encode()))
+            else:
+                conn.sendall(_reply("404 Not Found", b'{"error":"not found"}'))
+            if close:
+                return
+    except (OSError, ValueError):
+        return
+    finally:
+        conn.close()
+
+
+def serve(
+    port: int = 0,
+    shared: Optional[Tuple[Any, Any, Any]] = None,
+    port_out: Any = None,
+    ready: Any = None,
+) -> None:
+    """Accept connections forever on 127.0.0.1:``port``; write the bound port to ``port_out``."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    bound = listener.getsockname()[1]
+    counters = Counters(shared)
+    if port_out is not None:
+        port_out.value = bound
+    if ready is not None:
+        ready.set()
+    else:
+        print(f"receiver listening on http://127.0.0.1:{bound}", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=_serve_connection, args=(conn, counters), daemon=True).start()
+
+
+class Receiver:
+    """The receiver in a separate process (``spawn``), so that it shares no GIL with the sender."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._count = ctx.RawValue("q", 0)
+        self._requests = ctx.RawValue("q", 0)
+        self._last = ctx.RawValue("d", 0.0)
+        self._port = ctx.RawValue("i", 0)
+        ready = ctx.Event()
+        self._process = ctx.Process(
+            target=serve,
+            args=(0, (self._count, self._requests, self._last), self._port, ready),
+            name="benchmark-receiver",
+            daemon=True,
+        )
+        self._process.start()
+        if not ready.wait(30):
+            self._process.kill()
+            raise RuntimeError("the receiver did not start within 30 s")
+        self.port = self._port.value
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def count(self) -> int:
+        return int(self._count.value)
+
+    @property
+    def requests(self) -> int:
+        return int(self._requests.value)
+
+    @property
+    def last_arrival(self) -> float:
+        """``time.monotonic()`` in the receiver when the last batch was read."""
+        return float(self._last.value)
+
+    def wait_for(self, count: int, timeout: float, poll: float = 0.001) -> bool:
+        """Wait until the receiver has counted at least ``count`` messages."""
+        end = time.monotonic() + timeout
+        while self._count.value < count:
+            if time.monotonic() > end:
+                return False
+            time.sleep(poll)
+        return True
+
+    def stop(self) -> None:
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        serve(args.port)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
