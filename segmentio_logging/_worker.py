@@ -9,8 +9,11 @@ lock: a ``deque`` append and a length check.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
+import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -18,7 +21,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import _report
-from ._errors import ClosedError, InvalidMessage, QueueFull, SegmentError
+from ._errors import ClosedError, DeliveryError, InvalidMessage, QueueFull, SegmentError
 from ._message import MAX_BATCH_BYTES, envelope_size
 from ._transport import Deadline, Response, Transport
 
@@ -31,6 +34,12 @@ Callback = Callable[[Any, Any], Any]
 guard = threading.local()
 
 _live: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+_serials = itertools.count(1)
+
+# How long past its close deadline anything waits for a worker: time enough to
+# report what failed. A request begun before close keeps its own timeout; the
+# daemon thread may outlive the wait, never the process.
+CLOSE_GRACE = 1.0
 
 
 def _prepared(item: Any) -> Tuple[Dict[str, Any], bytes]:
@@ -73,6 +82,8 @@ class Pipeline:
         self.on_failure = on_failure
         self.sync_mode = sync_mode
         self._max_bytes = MAX_BATCH_BYTES - envelope_size(transport.write_key)
+        # Keys the rate-limited warnings; an id() can be reused by the next pipeline.
+        self._serial = next(_serials)
         self._closed = False
         self._fresh_state()
         _live.add(self)
@@ -128,14 +139,14 @@ class Pipeline:
     def _put_inline(self, item: Any) -> None:
         with self._lock:
             self._taken += 1
-        self._process([item])
+        self._process_here([item])
 
     def _drop_full(self) -> None:
         with self._lock:
             self._dropped_caller += 1
             self._unreported_full += 1
         _report.warn(
-            f"full-{id(self)}",
+            f"full-{self._serial}",
             f"queue full (max_queue_size={self.max_queue_size}): dropping messages; "
             "the receiver may be down or too slow",
         )
@@ -155,12 +166,13 @@ class Pipeline:
             f"{len(items)} message{'s' if len(items) != 1 else ''} given after close(); not sent",
             count=len(items),
         )
-        _report.warn(f"closed-{id(self)}", error.reason)
+        _report.warn(f"closed-{self._serial}", error.reason)
         self._call(self.on_failure, items, error)
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is not None or self._closed:
+            current = self._thread
+            if self._closed or (current is not None and current.is_alive()):
                 return
             thread = threading.Thread(
                 target=self._run, name="segmentio-logging-worker", daemon=True
@@ -175,20 +187,32 @@ class Pipeline:
                 pending = list(self._queue)
                 self._queue.clear()
                 self._taken += len(pending)
-        self._process(pending)
+        self._process_here(pending)
+
+    def _process_here(self, items: List[Any]) -> None:
+        """Deliver on the calling thread, marked like the worker so its logging is ignored."""
+        was_active = getattr(guard, "active", False)
+        guard.active = True
+        try:
+            self._process(items)
+        finally:
+            guard.active = was_active
 
     # ------------------------------------------------------------------ worker side
 
     def _run(self) -> None:
         guard.active = True
         while True:
-            self._wake.wait(self.flush_interval)
-            self._wake.clear()
-            self._report_full()
-            self._drain()
-            if self._closed and not self._queue:
+            try:
+                self._wake.wait(self.flush_interval)
+                self._wake.clear()
                 self._report_full()
-                return
+                self._drain()
+                if self._closed and not self._queue:
+                    self._report_full()
+                    return
+            except Exception as exc:  # pragma: no cover - a dead worker would lose everything
+                _report.warn(f"worker-{self._serial}", f"worker error {type(exc).__name__}: {exc}")
 
     def _take(self) -> List[Any]:
         queue = self._queue
@@ -204,6 +228,7 @@ class Pipeline:
             if not items:
                 return
             self._process(items)
+            self._report_full()  # between batches: a slow receiver must not delay the report
 
     def _process(self, items: List[Any]) -> None:
         """Prepare, encode, cut by bytes and deliver ``items``; settle each one."""
@@ -229,22 +254,36 @@ class Pipeline:
             messages.append(message)
             parts.append(data)
             size += len(data) + 1
-        if dropped:
-            self._settle(dropped=dropped)
         if parts:
             self._send(messages, parts)
+        # Counted last: flush() compares counts, and counting these early would let
+        # it return before the earlier items of this batch were sent.
+        if dropped:
+            self._settle(dropped=dropped)
 
     def _send(self, messages: List[Dict[str, Any]], parts: List[bytes]) -> None:
-        outcomes = self.transport.deliver(parts, self._deadline)
+        try:
+            outcomes = self.transport.deliver(parts, self._deadline)
+        except Exception as exc:  # a transport bug must settle the batch, not kill the worker
+            count = len(parts)
+            error = DeliveryError(
+                f"{count} message{'s' if count != 1 else ''} not delivered: "
+                f"the transport raised {type(exc).__name__}: {exc}",
+                count=count,
+                attempts=0,
+            )
+            outcomes = [(0, count, error)]
+        # Callbacks first, counts second: once flush() returns, the callbacks have run.
         for start, end, outcome in outcomes:
             data = messages[start:end]
+            retries = max(outcome.attempts - 1, 0)
             if isinstance(outcome, Response):
-                self._settle(delivered=end - start, retries=max(outcome.attempts - 1, 0))
                 self._call(self.on_success, data, outcome)
+                self._settle(delivered=end - start, retries=retries)
             else:
-                self._settle(failed=end - start, retries=max(outcome.attempts - 1, 0))
-                _report.warn(f"failed-{id(self)}", outcome.reason)
+                _report.warn(f"failed-{self._serial}", outcome.reason)
                 self._call(self.on_failure, data, outcome)
+                self._settle(failed=end - start, retries=retries)
 
     def _settle(
         self, *, delivered: int = 0, failed: int = 0, dropped: int = 0, retries: int = 0
@@ -289,30 +328,51 @@ class Pipeline:
 
         True when it all settled, False at the timeout. On the worker thread or
         while the logging lock is held (a handler closed by ``dictConfig``) it
-        only wakes the worker: waiting there could deadlock.
+        only wakes the worker: waiting there could deadlock. Once closed it never
+        waits past the close deadline (``logging.shutdown`` flushes without a timeout).
         """
-        if self._pid != os.getpid():
-            self._after_fork_in_child()
+        self._check_fork()
         with self._lock:
             goal = self._taken + len(self._queue)
             if self._settled() >= goal:
                 return True
-        if self._thread is None and not self._closed:
+        if self._thread is None and not self._closed and not self._inline:
             self._start()
         self._wake.set()
         if getattr(guard, "active", False) or _logging_lock_held():
-            return False
-        end = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            while self._settled() < goal:
-                remaining = None if end is None else end - time.monotonic()
-                if remaining is not None and remaining <= 0:
+            with self._lock:
+                return self._settled() >= goal
+        end = math.inf if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._settled() >= goal:
+                    return True
+                limit = min(end, self._deadline.at + CLOSE_GRACE) if self._closed else end
+                remaining = limit - time.monotonic()
+                if remaining <= 0:
                     return False
-                if self._thread is None or not self._thread.is_alive():
+                thread = self._thread
+                alive = thread is not None and thread.is_alive()
+                inline_work = self._inline and bool(self._queue)
+                if not inline_work:
+                    if alive or self._inline:
+                        # Bounded: a worker that dies or a close is noticed without a notify.
+                        self._settled_cond.wait(min(remaining, 0.5))
+                        continue
                     if self._closed:
-                        return self._settled() >= goal
-                self._settled_cond.wait(remaining if remaining is not None else 1.0)
-            return True
+                        return False  # no worker left; close() settles the rest
+            # No worker to wait for: deliver here (inline mode), or start one again.
+            if inline_work:
+                self._drain_here()
+            else:
+                self._start()
+
+    def _drain_here(self) -> None:
+        while True:
+            items = self._take()
+            if not items:
+                return
+            self._process_here(items)
 
     def close(self, timeout: Optional[float] = None) -> bool:
         """Deliver what can be delivered within ``timeout`` (default ``shutdown_timeout``).
@@ -323,6 +383,8 @@ class Pipeline:
         return self.wait_closed()
 
     def begin_close(self, timeout: Optional[float] = None) -> None:
+        """Stop taking items and set the close deadline; :meth:`wait_closed` waits for it."""
+        self._check_fork()
         limit = self.shutdown_timeout if timeout is None else timeout
         with self._lock:
             self._closed = True
@@ -330,17 +392,19 @@ class Pipeline:
         self._wake.set()
 
     def wait_closed(self) -> bool:
+        """Wait for the worker until the close deadline, plus a grace; True when all was sent."""
+        self._check_fork()
         thread = self._thread
-        remaining = max(self._deadline.at - time.monotonic(), 0.0)
         if thread is not None and thread is not threading.current_thread():
             if _logging_lock_held():
                 return False  # the worker finishes in the background; exit waits for it
-            # A little past the deadline: the worker needs it to report what failed.
-            thread.join(remaining + 1.0)
+            # A little past the deadline, so the worker can report what failed. The end is
+            # absolute: a second close() (logging.shutdown after atexit) does not wait again.
+            thread.join(max(self._deadline.at + CLOSE_GRACE - time.monotonic(), 0.0))
             if thread.is_alive():
                 return False
         elif thread is None and self._queue:
-            self._drain()  # never started (or cannot start): deliver on this thread
+            self._drain_here()  # never started (or cannot start): deliver on this thread
         self._sweep_after_close()
         self.transport.close()
         with self._lock:
@@ -354,8 +418,6 @@ class Pipeline:
             left = list(self._queue)
             self._queue.clear()
             self._taken += len(left)
-            self._dropped_worker += len(left)
-            self._settled_cond.notify_all()
         if left:
             plural = "s" if len(left) != 1 else ""
             error = ClosedError(
@@ -363,8 +425,13 @@ class Pipeline:
                 count=len(left),
             )
             self._call(self.on_failure, left, error)
+            self._settle(dropped=len(left))
 
     # ------------------------------------------------------------------ fork, stats
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork_in_child()
 
     def _after_fork_in_child(self) -> None:
         """The child starts empty: what the parent held is the parent's to deliver."""
@@ -374,6 +441,8 @@ class Pipeline:
         self.transport.reset_after_fork()
 
     def stats(self) -> Dict[str, int]:
+        """Counters; ``enqueued == delivered + failed + dropped + pending`` always holds."""
+        self._check_fork()
         with self._lock:
             queued = len(self._queue)
             in_flight = self._taken - self._delivered - self._failed - self._dropped_worker
@@ -392,6 +461,7 @@ class Pipeline:
 def _after_fork_in_child() -> None:
     for pipeline in list(_live):
         pipeline._after_fork_in_child()
+    _close_at_multiprocessing_exit()
 
 
 def _close_all() -> None:
@@ -401,6 +471,35 @@ def _close_all() -> None:
         pipeline.begin_close()
     for pipeline in pipelines:
         pipeline.wait_closed()
+
+
+class _Token:
+    """A weak-referenceable key for ``multiprocessing.util.register_after_fork``."""
+
+
+_token = _Token()
+
+
+def _close_at_multiprocessing_exit() -> None:
+    """A ``multiprocessing`` child ends with ``os._exit``: no atexit, only its finalizers.
+
+    Its bootstrap clears the finalizers it inherited and then runs the after-fork
+    callbacks; the callback registered here adds the finalizer that closes every
+    pipeline, so a worker process delivers what it logged without calling flush.
+    """
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    try:
+        util.register_after_fork(_token, _add_exit_finalizer)
+    except Exception:  # pragma: no cover - a changed private API must not break the child
+        pass
+
+
+def _add_exit_finalizer(_: object) -> None:
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.Finalize(None, _close_all, exitpriority=0)
 
 
 if hasattr(os, "register_at_fork"):
