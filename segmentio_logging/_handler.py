@@ -7,10 +7,11 @@ and later treat ``QueueHandler`` subclasses specially and reject those).
 
 from __future__ import annotations
 
-import atexit
 import logging
 import logging.handlers
+import os
 import threading
+import weakref
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ._client import make_pipeline
@@ -18,7 +19,7 @@ from ._context import bound_identity
 from ._errors import InvalidMessage
 from ._message import RecordMapper, _safe_str, encode
 from ._options import resolve_options
-from ._worker import guard
+from ._worker import before_close_all, guard
 
 # Records from these loggers (and their children) are the handler's own traffic: never events.
 OWN_LOGGERS = frozenset({"urllib3", "segmentio_logging"})
@@ -60,6 +61,13 @@ class SegmentHandler(logging.Handler):
         self.options = resolved
         self._mapper = mapper
         self._pipeline = make_pipeline(self.options, self._prepare)
+        self._count_lock = threading.Lock()
+        self._skipped = 0
+        self._ignored = 0
+        _handlers.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The pipeline starts afresh in the child (see _worker); so do these counters.
         self._count_lock = threading.Lock()
         self._skipped = 0
         self._ignored = 0
@@ -189,6 +197,7 @@ class SegmentQueueListener(logging.handlers.QueueListener):
 
 
 _listeners: List[SegmentQueueListener] = []
+_handlers: weakref.WeakSet[SegmentHandler] = weakref.WeakSet()
 
 
 def _stop_listeners() -> None:
@@ -201,4 +210,26 @@ def _stop_listeners() -> None:
             pass
 
 
-atexit.register(_stop_listeners)
+def _after_fork_in_child() -> None:
+    """The child has no listener threads and may have inherited held locks: start afresh."""
+    for handler in list(_handlers):
+        handler._after_fork_in_child()
+    for listener in list(_listeners):
+        # The parent's listener thread was waiting on the queue: its waiter is still
+        # registered and would swallow the next notify. Nobody waits in the child yet.
+        for name in ("not_empty", "not_full", "all_tasks_done"):
+            waiters = getattr(getattr(listener.queue, name, None), "_waiters", None)
+            if waiters is not None:
+                waiters.clear()
+        listener._thread = None
+        listener._started = False
+        _listeners.remove(listener)
+        try:
+            listener.start()
+        except Exception:  # pragma: no cover - a child must not die of its logging
+            pass
+
+
+before_close_all(_stop_listeners)  # at exit and at a multiprocessing child's end
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -7,6 +7,7 @@ about itself feeds its own input.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -16,6 +17,15 @@ WARN_INTERVAL = 10.0
 
 _lock = threading.Lock()
 _last: Dict[str, Tuple[float, int]] = {}
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def warn(key: str, text: str, interval: float = WARN_INTERVAL) -> None:

@@ -464,8 +464,21 @@ def _after_fork_in_child() -> None:
     _close_at_multiprocessing_exit()
 
 
+_before_close_all: List[Callable[[], None]] = []
+
+
+def before_close_all(hook: Callable[[], None]) -> None:
+    """Run ``hook`` at exit before the pipelines close (listeners hand over their records)."""
+    _before_close_all.append(hook)
+
+
 def _close_all() -> None:
     """At exit: close every live pipeline at once, each within its own shutdown_timeout."""
+    for hook in _before_close_all:
+        try:
+            hook()
+        except Exception:  # pragma: no cover - exit must go on
+            pass
     pipelines = list(_live)
     for pipeline in pipelines:
         pipeline.begin_close()

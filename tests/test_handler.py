@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import logging.config
 import logging.handlers
+import os
+import queue
 import sys
 import textwrap
 import threading
@@ -543,3 +545,32 @@ class TestReconfiguration:
         assert collector.wait_for_messages(6, timeout=10)
         events = sorted(m["event"] for m in collector.messages)
         assert events == sorted(f"Before Swap {i}" for i in range(6))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+class TestListenerAfterFork:
+    def test_child_records_pass_through_the_listener(self, collector: LocalCollector) -> None:
+        """In a forked child the listener runs again and the child's records are delivered."""
+        handler = SegmentHandler("k", host=collector.url, flush_interval=0.05)
+        records: queue.Queue[logging.LogRecord] = queue.Queue()
+        listener = SegmentQueueListener(records, handler)
+        log = logging.getLogger("tests.listener.fork")
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        log.handlers[:] = [logging.handlers.QueueHandler(records)]
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child reports through its exit status
+                code = 1
+                try:
+                    log.info("from the child", extra={"user_id": "child"})
+                    listener.stop()  # hands the record over, as at exit
+                    code = 0 if handler.flush(5) and handler.stats()["delivered"] == 1 else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            assert [m["userId"] for m in collector.messages] == ["child"]
+        finally:
+            listener.stop()
+            handler.close()
