@@ -17,9 +17,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from ._client import make_pipeline
 from ._context import bound_identity
 from ._errors import InvalidMessage
-from ._message import RecordMapper, _safe_str, encode
+from ._message import Captured, RecordMapper, _safe_str, encode
 from ._options import resolve_options
-from ._worker import before_close_all, guard
+from ._worker import before_close_all, busy_threads, marked_busy
 
 # Records from these loggers (and their children) are the handler's own traffic: never events.
 OWN_LOGGERS = frozenset({"urllib3", "segmentio_logging"})
@@ -76,52 +76,55 @@ class SegmentHandler(logging.Handler):
         level = logging.getLevelName(self.level)
         return f"<SegmentHandler {self.options.host} ({level})>"
 
-    def _prepare(self, captured: Dict[str, Any]) -> Tuple[Dict[str, Any], bytes]:
+    def _prepare(self, captured: Captured) -> Tuple[Dict[str, Any], bytes]:
         message = self._mapper.build(captured)
         return message, encode(message)
 
     def handle(self, record: logging.LogRecord) -> Any:
         """Filter and emit ``record``; never raises into the application.
 
-        Like ``Handler.handle`` without the handler lock (emit only appends to
-        a deque), with a re-entry guard around the filters too: a filter or an
-        object that logs while the record is being handled cannot recurse.
+        Like ``Handler.handle`` without the handler lock (emit only appends to a
+        deque). Records made on a thread the handler marked busy are ignored:
+        the worker's (urllib3 logs its requests) and those logged by user code
+        the handler runs (a filter, an object's ``__str__``), which would recurse.
         """
-        if getattr(guard, "active", False):
+        thread = record.thread
+        if (thread if thread is not None else threading.get_ident()) in busy_threads:
             self._count_ignored()
             return False
-        guard.active = True
-        try:
+        result: Any = True
+        if self.filters:
             try:
-                result = self.filter(record)
+                with marked_busy():
+                    result = self.filter(record)
             except Exception as exc:
                 self._reject(record, exc, "a filter raised")
                 return False
-            if result:
-                if isinstance(result, logging.LogRecord):
-                    record = result
-                self._emit(record)
-            return result
-        finally:
-            guard.active = False
+            if not result:
+                return result
+            if isinstance(result, logging.LogRecord):
+                record = result
+        self._emit(record)
+        return result
 
     def emit(self, record: logging.LogRecord) -> None:
-        if getattr(guard, "active", False):
-            # The worker's own records, or a record logged from inside emit.
+        thread = record.thread
+        if (thread if thread is not None else threading.get_ident()) in busy_threads:
             self._count_ignored()
             return
-        guard.active = True
-        try:
-            self._emit(record)
-        finally:
-            guard.active = False
+        self._emit(record)
 
     def _emit(self, record: logging.LogRecord) -> None:
         try:
-            if _is_own(record.name):
+            own = _own_names.get(record.name)
+            if own or (own is None and _is_own(record.name)):
                 self._count_ignored()
                 return
-            captured = self._mapper.capture(record, bound_identity())
+            if record.args or type(record.msg) is not str:
+                with marked_busy():  # formatting runs the arguments' __str__
+                    captured = self._mapper.capture(record, bound_identity())
+            else:
+                captured = self._mapper.capture(record, bound_identity())
             if captured is None:
                 with self._count_lock:
                     self._skipped += 1

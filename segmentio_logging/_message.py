@@ -602,21 +602,85 @@ def _copy_tree(value: Any, memo: Dict[int, Any], depth: int) -> Any:
     return bytes(value)  # bytearray
 
 
+# A capture with only these keys is most likely a plain track call: see _plain_track.
+_PLAIN_TRACK_KEYS = frozenset({"user_id", "anonymous_id", "created", "text", "event", "properties"})
+
+
+def _plain_track(captured: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The common case built directly: string ids and event, a dict of properties or none.
+
+    The same message as :func:`build_message` makes, key for key; ``None`` when the
+    capture needs the general path (which also gives the errors).
+    """
+    uid = captured["user_id"]
+    aid = captured["anonymous_id"]
+    if (uid is not None and type(uid) is not str) or (aid is not None and type(aid) is not str):
+        return None
+    event = captured.get("event")
+    if event is None:
+        event = captured.get("text")
+    properties = captured.get("properties")
+    if (
+        type(event) is not str
+        or not event
+        or (properties is not None and type(properties) is not dict)
+    ):
+        return None
+    message: Dict[str, Any] = {"type": "track"}
+    if uid:
+        message["userId"] = uid
+    if aid:
+        message["anonymousId"] = aid
+    message["event"] = event
+    message["properties"] = {} if properties is None else properties
+    message["context"] = {"library": {"name": LIBRARY_NAME, "version": __version__}}
+    message["timestamp"] = format_timestamp(captured["created"])
+    message["messageId"] = new_message_id()
+    return message
+
+
 def _absent(value: Any) -> bool:
     """No id: ``None`` or an empty string (0 is an id)."""
     return value is None or (isinstance(value, str) and not value)
 
 
+# What capture() keeps: (fields, user id, anonymous id, copies of the mutable fields,
+# formatted text, other attributes, bound identity, record time).
+Captured = Tuple[
+    Mapping[str, Any],
+    Any,
+    Any,
+    Optional[Dict[str, Any]],
+    Optional[str],
+    Optional[Dict[str, Any]],
+    Optional[Mapping[str, Any]],
+    float,
+]
+
+# Fields whose values are usually containers the caller may go on mutating.
+_MUTABLE_FIELDS = ("properties", "traits", "context", "integrations")
+
+
 class RecordMapper:
     """Maps ``LogRecord`` objects to Segment messages, in two steps.
 
-    :meth:`capture` runs on the logging thread: it reads the record's ids and
-    reserved ``extra`` keys and copies the mutable ones, so that a caller that
-    changes its ``properties`` dict after logging does not change what is sent.
-    :meth:`build` runs on the worker and makes the message from that capture.
+    :meth:`capture` runs on the logging thread and does only what cannot wait:
+    it reads the ids (a record without one is skipped), copies the mutable
+    fields (``properties``, ``traits``...) so that a caller that changes its
+    dict after logging does not change what is sent, and formats the message
+    when it has arguments. :meth:`build` runs on the worker and makes the
+    message from that capture.
     """
 
-    __slots__ = ("_aid", "_attrs", "_capture_extra", "_reserved_attrs", "_session_attr", "_uid")
+    __slots__ = (
+        "_aid",
+        "_attrs",
+        "_capture_extra",
+        "_mutable_attrs",
+        "_reserved_attrs",
+        "_session_attr",
+        "_uid",
+    )
 
     def __init__(
         self, field_names: Optional[Mapping[str, str]] = None, capture_extra: bool = False
@@ -631,6 +695,7 @@ class RecordMapper:
                 (key, attr) for key, attr in names.items() if key not in ("user_id", "anonymous_id")
             )
         )
+        self._mutable_attrs = tuple(names[key] for key in _MUTABLE_FIELDS)
         self._reserved_attrs = frozenset(names.values()) | {SESSION_ID}
         self._capture_extra = capture_extra
         clash = sorted(self._reserved_attrs & _STANDARD_RECORD_ATTRS)
@@ -642,7 +707,7 @@ class RecordMapper:
 
     def capture(
         self, record: logging.LogRecord, bound: Optional[Mapping[str, Any]] = None
-    ) -> Optional[Dict[str, Any]]:
+    ) -> Optional[Captured]:
         """What to keep of ``record``, or ``None`` when it carries no user or anonymous id.
 
         An id of ``None`` or ``""`` counts as none: such a record is skipped, not an error.
@@ -653,33 +718,30 @@ class RecordMapper:
         attrs = record.__dict__
         uid = attrs.get(self._uid)
         aid = attrs.get(self._aid)
-        if _absent(aid) and self._session_attr is not None:
+        # Inline tests of "no id" (None or ""): this runs on the caller's thread.
+        if (aid is None or aid == "") and self._session_attr is not None:
             aid = attrs.get(self._session_attr)
         if bound:
-            if _absent(uid):
+            if uid is None or uid == "":
                 uid = bound.get("user_id")
-            if _absent(aid):
+            if aid is None or aid == "":
                 aid = bound.get("anonymous_id")
-        if _absent(uid) and _absent(aid):
+        if (uid is None or uid == "") and (aid is None or aid == ""):
             return None
-        captured: Dict[str, Any] = {"user_id": uid, "anonymous_id": aid, "created": record.created}
-        for key, attr in self._attrs:
-            if attr in attrs:
-                captured[key] = _snapshot(attrs[attr])
-        if bound:
-            for key in ("context", "integrations"):
-                outer = bound.get(key)
-                if outer:
-                    own = captured.get(key)
-                    captured[key] = {**outer, **own} if isinstance(own, Mapping) else own or outer
-        if captured.get("event") is None or "segment_type" in captured:
-            if record.args or type(record.msg) is not str:
-                try:
-                    captured["text"] = record.getMessage()
-                except Exception:
-                    captured["text"] = _safe_str(record.msg)
-            else:
-                captured["text"] = record.msg
+        copies: Optional[Dict[str, Any]] = None
+        for attr in self._mutable_attrs:
+            value = attrs.get(attr)
+            if value is not None and type(value) not in _SCALARS:
+                if copies is None:
+                    copies = {}
+                copies[attr] = _snapshot(value)
+        text: Optional[str] = None
+        if record.args or type(record.msg) is not str:
+            try:
+                text = record.getMessage()
+            except Exception:
+                text = _safe_str(record.msg)
+        extra: Optional[Dict[str, Any]] = None
         if self._capture_extra:
             reserved = self._reserved_attrs
             extra = {
@@ -687,13 +749,44 @@ class RecordMapper:
                 for key, value in attrs.items()
                 if key not in _STANDARD_RECORD_ATTRS and key not in reserved and key[:1] != "_"
             }
-            if extra:
-                captured["extra"] = extra
-        return captured
+        fields: Mapping[str, Any] = attrs
+        if record.exc_info or record.stack_info:
+            # Do not keep a traceback (and its frames) alive in the queue.
+            kept = {attr: attrs[attr] for attr in self._reserved_attrs if attr in attrs}
+            kept["msg"] = record.msg
+            fields = kept
+        return (fields, uid, aid, copies, text, extra or None, bound, record.created)
+
+    def build(self, item: Captured) -> Dict[str, Any]:
+        """The message for a capture; raises :class:`InvalidMessage`."""
+        fields, uid, aid, copies, text, extra, bound, created = item
+        captured: Dict[str, Any] = {"user_id": uid, "anonymous_id": aid, "created": created}
+        for key, attr in self._attrs:
+            if attr in fields:
+                captured[key] = fields[attr]
+        if copies:
+            for key, attr in zip(_MUTABLE_FIELDS, self._mutable_attrs):
+                if attr in copies:
+                    captured[key] = copies[attr]
+        if bound:
+            for key in ("context", "integrations"):
+                outer = bound.get(key)
+                if outer:
+                    own = captured.get(key)
+                    captured[key] = {**outer, **own} if isinstance(own, Mapping) else own or outer
+        if captured.get("event") is None or "segment_type" in captured:
+            captured["text"] = text if text is not None else fields.get("msg")
+        if extra:
+            captured["extra"] = extra
+        return self.build_captured(captured)
 
     @staticmethod
-    def build(captured: Mapping[str, Any]) -> Dict[str, Any]:
-        """The message for a capture; raises :class:`InvalidMessage`."""
+    def build_captured(captured: Mapping[str, Any]) -> Dict[str, Any]:
+        """The message for the fields of a capture, by Segment field name."""
+        if captured.keys() <= _PLAIN_TRACK_KEYS:
+            message = _plain_track(captured)
+            if message is not None:
+                return message
         get = captured.get
         kind = get("segment_type")
         if kind is None:

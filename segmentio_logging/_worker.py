@@ -18,7 +18,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple
 
 from . import _report
 from ._errors import ClosedError, DeliveryError, InvalidMessage, QueueFull, SegmentError
@@ -29,9 +30,25 @@ from ._transport import Deadline, Response, Transport
 Prepare = Callable[[Any], Tuple[Dict[str, Any], bytes]]
 Callback = Callable[[Any, Any], Any]
 
-# Marks the threads whose log records the handler must ignore: the worker
-# itself (urllib3 logs each request) and any thread already inside ``emit``.
-guard = threading.local()
+# The threads whose log records the handler ignores: workers (urllib3 logs each
+# request; a callback may log) and threads running user code from inside the
+# handler (a filter, an object's __str__), which would otherwise recurse. A set
+# of idents, so that the handler's common path costs one lookup.
+busy_threads: Set[int] = set()
+
+
+@contextmanager
+def marked_busy() -> Iterator[None]:
+    """Mark this thread busy for the block (nested blocks are harmless)."""
+    ident = threading.get_ident()
+    if ident in busy_threads:
+        yield
+        return
+    busy_threads.add(ident)
+    try:
+        yield
+    finally:
+        busy_threads.discard(ident)
 
 _live: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 _serials = itertools.count(1)
@@ -191,17 +208,16 @@ class Pipeline:
 
     def _process_here(self, items: List[Any]) -> None:
         """Deliver on the calling thread, marked like the worker so its logging is ignored."""
-        was_active = getattr(guard, "active", False)
-        guard.active = True
-        try:
+        with marked_busy():
             self._process(items)
-        finally:
-            guard.active = was_active
 
     # ------------------------------------------------------------------ worker side
 
     def _run(self) -> None:
-        guard.active = True
+        with marked_busy():
+            self._loop()
+
+    def _loop(self) -> None:
         while True:
             try:
                 self._wake.wait(self.flush_interval)
@@ -313,7 +329,8 @@ class Pipeline:
         if callback is None:
             return
         try:
-            callback(data, arg)
+            with marked_busy():  # what the callback logs is not fed back
+                callback(data, arg)
         except Exception as exc:
             name = getattr(callback, "__qualname__", repr(callback))
             _report.warn(f"callback-{name}", f"callback {name} raised {type(exc).__name__}: {exc}")
@@ -339,7 +356,7 @@ class Pipeline:
         if self._thread is None and not self._closed and not self._inline:
             self._start()
         self._wake.set()
-        if getattr(guard, "active", False) or _logging_lock_held():
+        if threading.get_ident() in busy_threads or _logging_lock_held():
             with self._lock:
                 return self._settled() >= goal
         end = math.inf if timeout is None else time.monotonic() + timeout
@@ -459,6 +476,7 @@ class Pipeline:
 
 
 def _after_fork_in_child() -> None:
+    busy_threads.clear()  # the parent's threads do not exist here
     for pipeline in list(_live):
         pipeline._after_fork_in_child()
     _close_at_multiprocessing_exit()
