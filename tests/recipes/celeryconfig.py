@@ -1,0 +1,26 @@
+"""Celery settings for the README's ``tasks.py`` in tests: a broker and results in files.
+
+kombu's filesystem transport lets a worker process and the test share a queue
+without a broker server; ``RECIPE_CELERY_DIR`` names the folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_folder = Path(os.environ["RECIPE_CELERY_DIR"])
+for _name in ("queue", "processed", "results"):
+    (_folder / _name).mkdir(parents=True, exist_ok=True)
+
+broker_url = "filesystem://"
+broker_transport_options = {
+    "data_folder_in": str(_folder / "queue"),
+    "data_folder_out": str(_folder / "queue"),
+    "processed_folder": str(_folder / "processed"),
+    "store_processed": False,
+    "polling_interval": 0.05,
+}
+result_backend = "file://" + str(_folder / "results")
+broker_connection_retry_on_startup = True
+worker_prefetch_multiplier = 1
