@@ -14,6 +14,7 @@ import datetime as dt
 import gzip
 import json
 import re
+import signal
 import sys
 import threading
 import time
@@ -127,9 +128,10 @@ def check_message(message: Any, expected_type: Optional[str] = None) -> List[str
         if value is not None and not is_iso8601(value):
             errors.append(f"{name} {value!r} is not ISO-8601 (like 2026-01-02T03:04:05.678Z)")
 
+    # messageId is optional in the HTTP API (Segment fills it in); when given, it must be sound.
     message_id = message.get("messageId")
     if message_id is None:
-        errors.append("missing messageId")
+        pass
     elif not isinstance(message_id, str) or not message_id:
         errors.append(f"messageId must be a non-empty string, got {_describe(message_id)}")
     elif len(message_id) > MAX_MESSAGE_ID_LENGTH:
@@ -303,7 +305,14 @@ class Receiver(LocalCollector):
         self.on_verdict = on_verdict
         self.keep = keep
         self._local = threading.local()
-        self._counts = {"requests": 0, "rejected": 0, "messages": 0, "valid": 0, "invalid": 0}
+        self._counts = {
+            "requests": 0,
+            "rejected": 0,
+            "unreadable": 0,
+            "messages": 0,
+            "valid": 0,
+            "invalid": 0,
+        }
         self._verdicts: List[Verdict] = []
         self._unanswered = 0
 
@@ -334,6 +343,8 @@ class Receiver(LocalCollector):
             counts = self._counts
             counts["requests"] += 1
             if verdict.error and not verdict.messages:
+                counts["unreadable"] += 1
+            if verdict.status >= 400:
                 counts["rejected"] += 1
             counts["messages"] += len(verdict.messages)
             counts["invalid"] += sum(1 for m in verdict.messages if not m.valid)
@@ -372,7 +383,8 @@ class Receiver(LocalCollector):
     # ------------------------------------------------------------------ results
 
     def counts(self) -> Dict[str, int]:
-        """requests, rejected (whole requests), messages, valid, invalid."""
+        """requests, rejected (answered 4xx), unreadable (no message in them), messages,
+        valid, invalid."""
         with self._cond:
             return dict(self._counts)
 
@@ -383,15 +395,15 @@ class Receiver(LocalCollector):
             return list(self._verdicts)
 
     def received(self) -> int:
-        """Messages received, valid or not, plus requests rejected whole."""
+        """Messages received, valid or not, plus requests with no readable message."""
         with self._cond:
-            return self._counts["messages"] + self._counts["rejected"]
+            return self._counts["messages"] + self._counts["unreadable"]
 
     def wait_for_received(self, count: int, timeout: Optional[float] = 10.0) -> bool:
         """Wait until :meth:`received` reaches ``count``; False at the timeout."""
         end = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._counts["messages"] + self._counts["rejected"] < count:
+            while self._counts["messages"] + self._counts["unreadable"] < count:
                 remaining = 0.5 if end is None else min(end - time.monotonic(), 0.5)
                 if remaining <= 0:
                     return False
@@ -479,6 +491,17 @@ class _Printer:
                 self.stream.flush()
 
 
+def _stop_on_sigterm() -> Any:
+    """SIGTERM (``timeout``, CI, a supervisor) ends ``collect`` as Ctrl-C does: with the summary."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
+
+
 def collect(args: argparse.Namespace) -> int:
     """Receive messages like Segment's Tracking API, check each one, and show it."""
     from ._collect import Receiver
@@ -510,6 +533,7 @@ def collect(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
     goal = args.count if args.count is not None else sys.maxsize
     interrupted = False
+    previous = _stop_on_sigterm()
     try:
         with receiver:
             _say(
@@ -523,9 +547,11 @@ def collect(args: argparse.Namespace) -> int:
             receiver.wait_answered()  # the last sender gets its answer before the port closes
             counts = receiver.counts()
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if opened is not None:
             opened.close()
-    received = counts["messages"] + counts["rejected"]
+    received = counts["messages"] + counts["unreadable"]
     _say(
         f"{'stopped' if interrupted else 'done'}: {counts['requests']:,} request(s), "
         f"{counts['valid']:,} valid message(s), {counts['invalid']:,} invalid, "

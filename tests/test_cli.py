@@ -607,7 +607,7 @@ class TestCheckMessage:
             (valid(event=None), "track needs event"),
             (valid(event=""), "event must be a non-empty string"),
             (valid(type="group", event=None), "group needs groupId"),
-            (valid(messageId=None), "missing messageId"),
+            (valid(messageId=""), "messageId must be a non-empty string"),
             (valid(messageId="m" * 101), "over 100"),
             (valid(timestamp="yesterday"), "not ISO-8601"),
             (valid(timestamp="2026-02-30T00:00:00Z"), "not ISO-8601"),
@@ -619,6 +619,10 @@ class TestCheckMessage:
     def test_invalid_messages_say_why(self, message: Any, reason: str) -> None:
         """Each rule broken gives a reason naming the field."""
         assert any(reason in error for error in check_message(message)), check_message(message)
+
+    def test_message_id_is_optional(self) -> None:
+        """Segment fills in a missing messageId: its absence is not an error."""
+        assert check_message(valid(messageId=None)) == []
 
     def test_single_call_path_implies_the_type(self) -> None:
         """On /v1/track a message may omit type but must not claim another."""
@@ -736,7 +740,8 @@ class TestReceiver:
         assert post(f"{receiver.url}/v1/track", json.dumps(valid()).encode(), AUTH) == 200
         assert [r.status for r in receiver.requests] == [400, 401, 200]
         assert receiver.counts() == {
-            "requests": 3, "rejected": 2, "messages": 1, "valid": 1, "invalid": 0,
+            "requests": 3, "rejected": 2, "unreadable": 2, "messages": 1, "valid": 1,
+            "invalid": 0,
         }  # fmt: skip
 
     def test_scripted_replies_still_win(self, receiver: Receiver) -> None:
@@ -814,6 +819,23 @@ class TestCollect:
         assert child.returncode == 0, err
         assert "page" in out and "name=Home" in out
         assert "stopped" in err
+
+    def test_sigterm_stops_with_the_summary(self) -> None:
+        """SIGTERM (a supervisor, ``timeout``) ends the run as Ctrl-C does, summary and status."""
+        child = start_collect()
+        try:
+            url = collect_url(child)
+            client = Client("k", host=url, sync_mode=True)
+            client.track("s", None, "Opened")
+            client.shutdown()
+            child.send_signal(signal.SIGTERM)
+            out, err = child.communicate(timeout=20)
+        finally:
+            if child.poll() is None:
+                child.kill()
+        assert child.returncode == 0, err
+        assert "event=Opened" in out
+        assert "stopped: 1 request(s), 1 valid message(s)" in err
 
     def test_jsonl_in_process(self, tmp_path: Path) -> None:
         """--jsonl writes one JSON object per message with its verdict; --duration ends it."""

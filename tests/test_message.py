@@ -35,6 +35,7 @@ from segmentio_logging._message import (
 )
 
 LIBRARY = {"name": "segmentio-logging", "version": __version__}
+ORJSON = _message.FAST_JSON  # the orjson encoder, or None without the ``fast`` extra
 
 
 @pytest.fixture(autouse=True, scope="module", params=["stdlib-json", "orjson"])
@@ -63,20 +64,24 @@ class TestJsonBackends:
             | st.decimals()
             | st.uuids()
             | st.binary(max_size=10),
-            lambda inner: st.lists(inner, max_size=4)
-            | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+            ),
             max_leaves=20,
         )
     )
     @settings(max_examples=200, deadline=None)
     def test_orjson_and_stdlib_give_the_same_json(self, value: Any) -> None:
         """Both encoders turn any message into the same JSON value."""
-        if _message.FAST_JSON is None:
+        if ORJSON is None:
             pytest.skip("orjson is not installed")
         message = {"type": "track", "properties": {"value": value}}
-        fast = _message.FAST_JSON(message)
+        fast = ORJSON(message)
         assert fast is not None
         assert json.loads(fast) == json.loads(dumps(message))
+
+
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 TOO_LARGE = re.compile(
     r"^message is \d{1,3}(,\d{3})* bytes, over Segment's 32 KB limit \(32,768 bytes\)$"

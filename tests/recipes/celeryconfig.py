@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 _folder = Path(os.environ["RECIPE_CELERY_DIR"])
-for _name in ("queue", "processed", "results"):
+for _name in ("queue", "processed", "results", "control"):
     (_folder / _name).mkdir(parents=True, exist_ok=True)
 
 broker_url = "filesystem://"
@@ -18,6 +18,7 @@ broker_transport_options = {
     "data_folder_in": str(_folder / "queue"),
     "data_folder_out": str(_folder / "queue"),
     "processed_folder": str(_folder / "processed"),
+    "control_folder": str(_folder / "control"),
     "store_processed": False,
     "polling_interval": 0.05,
 }
