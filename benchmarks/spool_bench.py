@@ -16,6 +16,18 @@ median of ``--repeat`` rounds is printed for each configuration:
 
 The spool runs on the worker thread, never on the thread that logs; these
 figures are the worker's time per message on top of encoding and sending.
+
+    python benchmarks/spool_bench.py --pipeline [--events 20000] [--calls 2000] [--repeat 5]
+
+measures the whole pipeline instead, ``SegmentHandler`` without and with
+``spool_path``, against the local receiver of ``benchmarks/receiver.py`` (in
+its own process), in alternating rounds:
+
+- hot path: microseconds per ``logger.info(..., extra=...)`` on the calling
+  thread (wall time of a burst of ``--calls``, and that thread's CPU time),
+  with the worker running; the burst is delivered before the next one;
+- end to end: events per second for ``--events`` events, from the first call
+  until the receiver counted them all.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from segmentio_logging._spool import Spool
 
@@ -150,6 +163,94 @@ def _size(path: str) -> int:
 
 Runner = Callable[..., Dict[str, float]]
 
+EXTRA = {"user_id": "user-1234", "properties": {"title": "Hey Jude", "plays": 3}}
+
+
+def _handler(url: str, spool: bool, directory: str, **options: object) -> object:
+    import logging
+
+    from segmentio_logging import SegmentHandler
+
+    if spool:
+        options["spool_path"] = directory
+    handler = SegmentHandler("bench-write-key", host=url, **options)  # type: ignore[arg-type]
+    logger = logging.getLogger(f"bench.{'spool' if spool else 'memory'}.{id(handler)}")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger, handler
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    import gc
+    import logging
+
+    from receiver import Receiver
+
+    base = args.dir or tempfile.gettempdir()
+    configs = [("memory (no spool_path)", False), ("spool_path", True)]
+    hot_wall: Dict[str, List[float]] = {name: [] for name, _ in configs}
+    hot_cpu: Dict[str, List[float]] = {name: [] for name, _ in configs}
+    rate: Dict[str, List[float]] = {name: [] for name, _ in configs}
+    print(
+        f"SegmentHandler without and with spool_path; hot path: bursts of {args.calls:,} calls; "
+        f"end to end: {args.events:,} events; median of {args.repeat} rounds; "
+        f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, dir {base}"
+    )
+    with Receiver() as receiver:
+        for r in range(args.repeat):
+            order = configs if r % 2 == 0 else configs[::-1]
+            for name, spool in order:
+                directory = tempfile.mkdtemp(prefix="spool-bench-", dir=base)
+                try:
+                    # Hot path: the worker is running; each burst is delivered before the next.
+                    logger, handler = _handler(receiver.url, spool, directory)
+                    assert isinstance(logger, logging.Logger)
+                    info = logger.info
+                    for _ in range(2):  # warm up, then measure
+                        handler.flush(60)  # type: ignore[attr-defined]
+                        gc.collect()
+                        c0 = time.thread_time()
+                        t0 = time.perf_counter()
+                        for _ in range(args.calls):
+                            info("Played a Song", extra=EXTRA)
+                        t1 = time.perf_counter()
+                        c1 = time.thread_time()
+                    handler.flush(60)  # type: ignore[attr-defined]
+                    handler.close()  # type: ignore[attr-defined]
+                    hot_wall[name].append((t1 - t0) / args.calls * 1e6)
+                    hot_cpu[name].append((c1 - c0) / args.calls * 1e6)
+
+                    # End to end: a queue that holds the whole burst, as benchmarks/run.py does.
+                    logger, handler = _handler(
+                        receiver.url, spool, directory, max_queue_size=args.events
+                    )
+                    assert isinstance(logger, logging.Logger)
+                    info = logger.info
+                    start = receiver.count
+                    gc.collect()
+                    t0 = time.perf_counter()
+                    for _ in range(args.events):
+                        info("Played a Song", extra=EXTRA)
+                    if not receiver.wait_for(start + args.events, timeout=300, poll=0.0005):
+                        raise RuntimeError(f"{name}: not every event arrived")
+                    rate[name].append(args.events / (time.perf_counter() - t0))
+                    handler.close()  # type: ignore[attr-defined]
+                finally:
+                    shutil.rmtree(directory, ignore_errors=True)
+    header = (
+        f"{'configuration':<26}{'hot path us/call':>18}{'caller CPU us/call':>20}"
+        f"{'end to end events/s':>21}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, _ in configs:
+        print(
+            f"{name:<26}{statistics.median(hot_wall[name]):>18.2f}"
+            f"{statistics.median(hot_cpu[name]):>20.2f}{statistics.median(rate[name]):>21,.0f}"
+        )
+    return 0
+
 
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -158,7 +259,14 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--size", type=int, default=300, help="bytes per encoded message")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    parser.add_argument(
+        "--pipeline", action="store_true", help="SegmentHandler with and without spool_path"
+    )
+    parser.add_argument("--events", type=int, default=20_000, help="--pipeline: end to end")
+    parser.add_argument("--calls", type=int, default=2_000, help="--pipeline: per hot burst")
     args = parser.parse_args(argv)
+    if args.pipeline:
+        return run_pipeline(args)
 
     batches = make_batches(args.batches, args.batch_size, args.size)
     n = args.batches * args.batch_size

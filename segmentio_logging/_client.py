@@ -15,7 +15,7 @@ Callback = Callable[[Any, Any], Any]
 
 
 def make_pipeline(options: Options, prepare: Optional[Prepare] = None) -> Pipeline:
-    """The queue, worker and transport that ``options`` describe."""
+    """The queue, worker, transport and (with ``spool_path``) disk spool of ``options``."""
     transport_class = Transport if options.send else NullTransport
     transport = transport_class(
         host=options.host,
@@ -25,6 +25,15 @@ def make_pipeline(options: Options, prepare: Optional[Prepare] = None) -> Pipeli
         max_retries=options.max_retries,
         retry_budget=options.retry_budget,
     )
+    spool = None
+    if options.spool_path is not None:
+        from ._spool import Spool  # sqlite3 is only imported when a spool is used
+
+        spool = Spool(
+            options.spool_path,
+            max_bytes=options.spool_max_bytes,
+            max_age=options.spool_max_age,
+        )
     extra = {} if prepare is None else {"prepare": prepare}
     return Pipeline(
         transport,
@@ -35,6 +44,7 @@ def make_pipeline(options: Options, prepare: Optional[Prepare] = None) -> Pipeli
         on_success=options.on_success,
         on_failure=options.on_failure,
         sync_mode=options.sync_mode,
+        spool=spool,
         **extra,
     )
 
@@ -250,6 +260,13 @@ class Client:
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Block until everything queued so far is delivered or failed; False at the timeout."""
         return self._pipeline.flush(timeout)
+
+    def persist(self, timeout: Optional[float] = None) -> bool:
+        """Block until every call so far is in the disk spool (or settled); False at the timeout.
+
+        Without ``spool_path`` it is :meth:`flush`.
+        """
+        return self._pipeline.persist(timeout)
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
         """Deliver what can be delivered within ``timeout`` (or ``shutdown_timeout``), then stop."""

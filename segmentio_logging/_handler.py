@@ -150,6 +150,13 @@ class SegmentHandler(logging.Handler):
         """Block until every record emitted so far is delivered or failed; False at the timeout."""
         return self._pipeline.flush(timeout)
 
+    def persist(self, timeout: Optional[float] = None) -> bool:
+        """Block until every record emitted so far is in the disk spool (or settled).
+
+        False at the timeout. Without ``spool_path`` it is :meth:`flush`.
+        """
+        return self._pipeline.persist(timeout)
+
     def close(self) -> None:
         """Deliver what can be delivered within ``shutdown_timeout``. Safe to call twice."""
         try:

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from ._message import _STANDARD_RECORD_ATTRS, MAX_BATCH_COUNT, RESERVED_FIELDS, SESSION_ID
 
 DEFAULT_HOST = "https://api.segment.io"
+DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024  # the same as _spool.DEFAULT_MAX_BYTES
+MIN_SPOOL_MAX_BYTES = 64 * 1024  # two Segment-sized messages, with room to spare
 
 SuccessCallback = Callable[[Any, Any], Any]
 FailureCallback = Callable[[Any, Any], Any]
@@ -45,6 +47,9 @@ class Options:
     sync_mode: bool = False
     capture_extra: bool = False
     field_names: Dict[str, str] = field(default_factory=dict)
+    spool_path: Optional[str] = None
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    spool_max_age: Optional[float] = None
 
 
 def env_var(name: str) -> str:
@@ -201,6 +206,17 @@ def _write_key(name: str, value: Any) -> Optional[str]:
     return value.strip() or None
 
 
+def _spool_path(name: str, value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a directory path, got {type(value).__name__}")
+    text = value.strip()
+    if not text or "\x00" in text:
+        raise ValueError(f"{name} must be a directory path, got {value!r}")
+    return os.path.expanduser(text)
+
+
 def _convert(name: str, value: Any) -> Any:
     if name == "write_key":
         return _write_key(name, value)
@@ -224,6 +240,12 @@ def _convert(name: str, value: Any) -> Any:
         return _callback(name, value)
     if name == "field_names":
         return _field_names(name, value)
+    if name == "spool_path":
+        return _spool_path(name, value)
+    if name == "spool_max_bytes":
+        return _number(name, value, int, MIN_SPOOL_MAX_BYTES, None)
+    if name == "spool_max_age":
+        return _number(name, value, float, 0.001, None)
     raise AssertionError(name)  # pragma: no cover
 
 
@@ -254,6 +276,11 @@ def resolve_options(
             except (TypeError, ValueError) as exc:
                 raise type(exc)(str(exc).replace(name, label, 1)) from None
     options = Options(**values)
+    if options.spool_path is not None and options.sync_mode:
+        raise ValueError(
+            "spool_path cannot be combined with sync_mode: sync_mode delivers on the caller's "
+            "thread, while the spool is written by the worker thread; choose one"
+        )
     if options.send and not options.write_key:
         raise ValueError(
             "write_key is required: pass write_key=... or set SEGMENT_WRITE_KEY "

@@ -66,6 +66,10 @@ All methods are thread-safe; the worker calls them from its own thread.
     Unknown keys (already removed, dropped by a bound) are ignored.
 ``pending() -> (count, bytes)``
     What is stored in the files this process holds; no I/O.
+``own() -> (file number, count)``
+    This process's own file: the first element of the keys of the events
+    appended here, and how many of them are stored; no I/O. The worker uses
+    it to tell its own events from recovered ones and to count bound drops.
 ``sync()``
     Returns once everything appended is on stable storage (a WAL checkpoint,
     which fsyncs); a no-op with ``fsync=True``, where every commit already is.
@@ -97,6 +101,12 @@ A wiring that keeps at-least-once::
             spool.remove([key for key, _ in batch])
         else:
             break                              # retry later: the events stay on disk
+
+:class:`~segmentio_logging._worker.Pipeline` wires it so: its worker thread
+appends what was queued every ``flush_interval``, a sender thread runs the loop
+above (backing off while the receiver is down), every call of both runs under
+one pipeline lock (also held across ``fork``), and the pipeline replaces
+``on_drop`` and ``on_error`` to count and report what is lost.
 
 Bounds
 ------
@@ -428,6 +438,18 @@ class Spool:
         with self._lock:
             files = self._files()
             return sum(f.count for f in files), sum(f.size for f in files)
+
+    def own(self) -> Tuple[Optional[int], int]:
+        """(file number of this process's own file, events stored in it); no I/O.
+
+        A key whose first element is that number names an event this spool
+        appended; the others came from orphans. The number changes when a
+        corrupt own file is replaced (its events are then reported lost).
+        """
+        self._check_fork()
+        with self._lock:
+            own = self._own
+            return (None, 0) if own is None else (own.ident, own.count)
 
     def sync(self) -> None:
         """Return once everything appended so far is on stable storage."""

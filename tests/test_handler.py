@@ -7,6 +7,7 @@ import logging.config
 import logging.handlers
 import os
 import queue
+import socket
 import sys
 import textwrap
 import threading
@@ -15,7 +16,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from segmentio_logging import InvalidMessage, SegmentHandler, SegmentQueueListener
+from segmentio_logging import Client, InvalidMessage, SegmentHandler, SegmentQueueListener
 from segmentio_logging.testing import LocalCollector, Reply
 
 # Targets for the dotted-path callback options below.
@@ -574,3 +575,45 @@ class TestListenerAfterFork:
         finally:
             listener.stop()
             handler.close()
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+class TestPersist:
+    def test_persist_returns_once_records_are_on_disk(
+        self, tmp_path: Path, logger: logging.Logger
+    ) -> None:
+        """With spool_path and the receiver down, persist() returns once every record is spooled."""
+        handler = SegmentHandler(
+            "k",
+            host=_closed_port_url(),
+            spool_path=str(tmp_path),
+            flush_interval=0.05,
+            retry_budget=0.2,
+            shutdown_timeout=0.5,
+        )
+        logger.handlers[:] = [handler]
+        try:
+            for n in range(10):
+                logger.info("Saved", extra={"user_id": f"u{n}"})
+            assert handler.persist(10)
+            counts = handler.stats()
+            assert counts["spooled"] == 10
+            assert counts["delivered"] == 0
+        finally:
+            handler.close()
+
+    def test_client_persist_without_a_spool_is_flush(self, collector: LocalCollector) -> None:
+        """Without spool_path, Client.persist() waits for delivery as flush() does."""
+        client = Client("k", host=collector.url, flush_interval=5)
+        try:
+            client.track("s", "u1", "Saved")
+            assert client.persist(10)
+            assert [m["event"] for m in collector.messages] == ["Saved"]
+        finally:
+            client.shutdown()

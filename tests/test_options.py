@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os.path
+from pathlib import Path
 from typing import Any, Dict
 
 import pytest
@@ -36,6 +37,9 @@ DEFAULTS: Dict[str, Any] = {
     "sync_mode": False,
     "capture_extra": False,
     "field_names": {},
+    "spool_path": None,
+    "spool_max_bytes": 64 * 1024 * 1024,
+    "spool_max_age": None,
 }
 
 # One valid value per option, as a keyword argument and as the environment spells it.
@@ -56,6 +60,9 @@ VALID = [
     ("sync_mode", True, "1", True),
     ("capture_extra", True, "on", True),
     ("field_names", {"user_id": "uid"}, '{"user_id": "uid"}', {"user_id": "uid"}),
+    ("spool_path", "/var/spool/app", "/var/spool/app", "/var/spool/app"),
+    ("spool_max_bytes", 1_000_000, "1000000", 1_000_000),
+    ("spool_max_age", 86_400, "86400", 86_400.0),
 ]
 
 # One invalid value per option: (name, value, expected exception type).
@@ -87,6 +94,13 @@ INVALID = [
     ("field_names", {"user_id": "not an identifier"}, ValueError),
     ("field_names", {"user_id": "msg"}, ValueError),
     ("field_names", {"user_id": "uid", "anonymous_id": "uid"}, ValueError),
+    ("spool_path", 42, TypeError),
+    ("spool_path", "   ", ValueError),
+    ("spool_max_bytes", "lots", TypeError),
+    ("spool_max_bytes", 1.5, TypeError),
+    ("spool_max_bytes", 1000, ValueError),
+    ("spool_max_age", 0, ValueError),
+    ("spool_max_age", "a week", TypeError),
 ]
 
 # Values that are only invalid as text (what an environment variable holds).
@@ -100,6 +114,9 @@ INVALID_ENV = [
     ("on_failure", "no_such_module_xyz.fn", ValueError),
     ("field_names", "{not json", TypeError),
     ("field_names", '{"user_id": "msg"}', ValueError),
+    ("spool_max_bytes", "64MiB", TypeError),
+    ("spool_max_bytes", "10", ValueError),
+    ("spool_max_age", "-1", ValueError),
 ]
 
 
@@ -259,6 +276,24 @@ class TestValidation:
     def test_hosts_are_normalised(self, given: str, expected: str) -> None:
         """A bare host name gets https://, and a trailing slash goes."""
         assert resolve(send=False, host=given).host == expected
+
+    def test_spool_path_accepts_a_path_object_and_expands_the_home_directory(self) -> None:
+        """spool_path takes a str or os.PathLike; a leading ~ is the user's home."""
+        assert resolve(send=False, spool_path=Path("/tmp/s")).spool_path == "/tmp/s"
+        expanded = resolve(send=False, spool_path="~/spool").spool_path
+        assert expanded == os.path.join(os.path.expanduser("~"), "spool")
+
+    def test_spool_path_cannot_be_combined_with_sync_mode(self) -> None:
+        """sync_mode delivers on the caller's thread, so a spool there is refused by name."""
+        with pytest.raises(ValueError) as info:
+            resolve(send=False, spool_path="/tmp/s", sync_mode=True)
+        assert str(info.value).startswith("spool_path")
+
+    def test_spool_max_bytes_matches_the_spool_default(self) -> None:
+        """The option's default is the spool module's own default."""
+        from segmentio_logging._spool import DEFAULT_MAX_BYTES
+
+        assert resolve(send=False).spool_max_bytes == DEFAULT_MAX_BYTES
 
     def test_field_names_cannot_read_the_session_id_alias(self) -> None:
         """Renaming a key to session_id clashes with the anonymous_id alias, unless it moves."""

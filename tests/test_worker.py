@@ -529,3 +529,77 @@ class TestWorkerThread:
             assert (stats["delivered"], stats["dropped"], stats["pending"]) == (6, 3, 0)
         finally:
             pipeline.close(2)
+
+
+class TestSpoolOption:
+    def test_sync_mode_with_a_spool_is_refused(self, tmp_path: Any) -> None:
+        """A spool is written by the worker, so sync_mode and a spool raise, naming spool_path."""
+        from segmentio_logging._spool import Spool
+
+        transport = Transport(host="http://127.0.0.1:9", write_key="k")
+        with pytest.raises(ValueError) as info:
+            Pipeline(transport, sync_mode=True, spool=Spool(tmp_path))
+        assert str(info.value).startswith("spool_path")
+
+    def test_without_a_spool_persist_means_flush(self, collector: LocalCollector) -> None:
+        """Without a spool nothing is safe before delivery: persist() waits like flush()."""
+        transport = Transport(host=collector.url, write_key="k", timeout=5)
+        pipeline = Pipeline(transport, flush_interval=30)
+        try:
+            assert pipeline.put(encoded(0))
+            assert pipeline.persist(10) is True
+            assert [m["messageId"] for m in collector.messages] == ["m0"]
+            assert "spooled" not in pipeline.stats()
+        finally:
+            pipeline.close(2)
+
+    def test_with_a_spool_the_worker_starts_at_construction(
+        self, collector: LocalCollector, tmp_path: Any
+    ) -> None:
+        """A spool's worker starts at once, to deliver what earlier processes left."""
+        from segmentio_logging._spool import Spool
+
+        before = set(threading.enumerate())
+        transport = Transport(host=collector.url, write_key="k", timeout=5)
+        pipeline = Pipeline(transport, flush_interval=0.05, spool=Spool(tmp_path))
+        try:
+            assert len(workers_since(before)) == 1
+            assert pipeline.persist(5) is True
+            names = {t.name for t in threading.enumerate() if t not in before}
+            assert names == {WORKER_NAME, "segmentio-logging-sender"}
+        finally:
+            pipeline.close(2)
+
+    def test_with_a_spool_a_prepare_error_drops_that_item_only(
+        self, collector: LocalCollector, tmp_path: Any
+    ) -> None:
+        """Through the spool too, an item whose prepare raises is dropped and reported alone."""
+        from segmentio_logging._spool import Spool
+
+        def prepare(item: int) -> Tuple[Dict[str, Any], bytes]:
+            if item % 3 == 0:
+                raise ValueError(f"bad item {item}")
+            return encoded(item)
+
+        failures = Failures()
+        transport = Transport(host=collector.url, write_key="k", timeout=5)
+        pipeline = Pipeline(
+            transport,
+            prepare=prepare,
+            flush_interval=0.05,
+            on_failure=failures,
+            spool=Spool(tmp_path),
+        )
+        try:
+            for i in range(9):
+                assert pipeline.put(i)
+            assert pipeline.flush(10)
+            assert [m["messageId"] for m in collector.messages] == [
+                f"m{i}" for i in range(9) if i % 3
+            ]
+            assert len(failures.of(InvalidMessage)) == 3
+            stats = pipeline.stats()
+            assert (stats["delivered"], stats["dropped"], stats["pending"]) == (6, 3, 0)
+            assert identity_holds(stats)
+        finally:
+            pipeline.close(2)
