@@ -87,6 +87,7 @@ def marked_busy() -> Iterator[None]:
         busy_threads.discard(ident)
 
 
+_getpid = os.getpid
 _live: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 _serials = itertools.count(1)
 
@@ -210,25 +211,30 @@ class Pipeline:
 
     def put(self, item: Any) -> bool:
         """Queue one item without blocking; False when it was dropped (full or closed)."""
-        if self._pid != os.getpid():
+        if self._pid != _getpid():
             self._after_fork_in_child()
         queue = self._queue
-        if self._closed:
-            self._drop_closed([item])
-            return False
-        if len(queue) >= self.max_queue_size:
-            self._drop_full()
-            return False
-        if self._inline:
-            self._put_inline(item)
-            return True
+        size = len(queue)
+        if self._closed or self._inline or size >= self.max_queue_size:
+            return self._put_otherwise(item, size)
         queue.append(item)
         if self._thread is None:
             self._start()
-        elif len(queue) >= self.batch_size and not self._wake.is_set():
+        elif size + 1 >= self.batch_size and not self._wake.is_set():
             self._wake.set()
         if self._closed:  # closed while we appended: settle it here
             self._sweep_after_close()
+        return True
+
+    def _put_otherwise(self, item: Any, size: int) -> bool:
+        """The rare cases of :meth:`put`: closed, delivering inline, or full."""
+        if self._closed:
+            self._drop_closed([item])
+            return False
+        if size >= self.max_queue_size:
+            self._drop_full()
+            return False
+        self._put_inline(item)
         return True
 
     def _put_inline(self, item: Any) -> None:
