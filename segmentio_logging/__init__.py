@@ -18,6 +18,7 @@ from ._client import (
     on_failure,
     on_success,
     page,
+    persist,
     screen,
     shutdown,
     stats,
@@ -31,6 +32,7 @@ from ._errors import (
     MessageTooLarge,
     QueueFull,
     SegmentError,
+    SpoolError,
 )
 from ._handler import SegmentHandler, SegmentQueueListener
 from ._transport import Response
@@ -48,6 +50,7 @@ __all__ = [
     "SegmentHandler",
     "SegmentLoggerAdapter",
     "SegmentQueueListener",
+    "SpoolError",
     "__version__",
     "alias",
     "bind",
@@ -60,6 +63,7 @@ __all__ = [
     "on_failure",
     "on_success",
     "page",
+    "persist",
     "screen",
     "shutdown",
     "stats",

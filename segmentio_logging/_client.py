@@ -495,6 +495,12 @@ def flush(timeout: Optional[float] = None) -> bool:
     return True if client is None else client.flush(timeout)
 
 
+def persist(timeout: Optional[float] = None) -> bool:
+    """The default client's :meth:`Client.persist` (True when there is no client)."""
+    client = _default
+    return True if client is None else client.persist(timeout)
+
+
 def shutdown(timeout: Optional[float] = None) -> bool:
     """Flush and stop the default client and forget its callbacks; the next call starts afresh."""
     global _default
@@ -535,6 +541,7 @@ __all__: List[str] = [
     "on_failure",
     "on_success",
     "page",
+    "persist",
     "screen",
     "shutdown",
     "stats",

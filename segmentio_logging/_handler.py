@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
-import os
 import threading
 import weakref
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -19,7 +18,7 @@ from ._context import bound_identity
 from ._errors import InvalidMessage
 from ._message import Captured, RecordMapper, _safe_str, encode
 from ._options import resolve_options
-from ._worker import before_close_all, busy_threads, marked_busy
+from ._worker import before_close_all, busy_threads, marked_busy, on_fork_in_child
 
 # Records from these loggers (and their children) are the handler's own traffic: never events.
 OWN_LOGGERS = frozenset({"urllib3", "segmentio_logging"})
@@ -241,5 +240,4 @@ def _after_fork_in_child() -> None:
 
 
 before_close_all(_stop_listeners)  # at exit and at a multiprocessing child's end
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+on_fork_in_child(_after_fork_in_child)

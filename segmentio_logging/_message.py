@@ -103,6 +103,7 @@ class _MessageIds:
 
 _ids = _MessageIds()
 new_message_id = _ids.next
+reset_message_ids = _ids.reset  # the worker calls it in a forked child
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_ids.reset)
 
@@ -540,13 +541,17 @@ def _snapshot(value: Any) -> Any:
     """Copy the containers a caller may mutate after logging; leave the rest as is.
 
     Dicts (and their subclasses) become dicts, lists lists, sets sets, tuples are
-    rebuilt around copied items. Shared and self-referential containers stay
+    rebuilt around copied items; other mappings and dataclass instances become
+    dicts, as JSON will show them. Shared and self-referential containers stay
     shared and self-referential in the copy, so that the JSON made from it is the
     JSON the original would have made; nesting deeper than 64 becomes ``"<too deep>"``.
+    Other objects are kept as they are and read when the message is encoded.
     """
     kind = type(value)
-    if kind in _SCALARS or not isinstance(value, _CONTAINERS):
+    if kind in _SCALARS:
         return value
+    if not isinstance(value, _CONTAINERS):
+        return _copy_leaf(value, {}, 0)
     if kind is dict and isinstance(value, dict):
         for item in value.values():
             if type(item) not in _SCALARS:
@@ -558,6 +563,28 @@ def _snapshot(value: Any) -> Any:
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _CONTAINERS = (dict, list, tuple, set, bytearray)
+# Leaves known to be immutable: kept without further checks.
+_IMMUTABLE = frozenset(
+    {dt.datetime, dt.date, dt.time, dt.timedelta, Decimal, uuid.UUID, bytes, complex, frozenset}
+)
+
+
+def _copy_leaf(value: Any, memo: Dict[int, Any], depth: int) -> Any:
+    """A value that is not a scalar: containers are copied, mappings and dataclasses
+    become dicts (copied), anything else is kept."""
+    if isinstance(value, _CONTAINERS):
+        return _copy_tree(value, memo, depth)
+    if type(value) in _IMMUTABLE or isinstance(value, enum.Enum):
+        return value
+    try:
+        if isinstance(value, Mapping):
+            return _copy_tree(dict(value.items()), memo, depth)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+            return _copy_tree(fields, memo, depth)
+    except Exception:  # a mapping that fails to iterate: left for the encoder to convert
+        return value
+    return value
 
 
 def _copy_tree(value: Any, memo: Dict[int, Any], depth: int) -> Any:
@@ -573,27 +600,18 @@ def _copy_tree(value: Any, memo: Dict[int, Any], depth: int) -> Any:
         mapping: Dict[Any, Any] = {}
         memo[id(value)] = mapping
         for key, item in value.items():
-            if type(item) in _SCALARS or not isinstance(item, _CONTAINERS):
-                mapping[key] = item
-            else:
-                mapping[key] = _copy_tree(item, memo, depth)
+            mapping[key] = item if type(item) in _SCALARS else _copy_leaf(item, memo, depth)
         return mapping
     if isinstance(value, list):
         items: List[Any] = []
         memo[id(value)] = items
         for item in value:
-            if type(item) in _SCALARS or not isinstance(item, _CONTAINERS):
-                items.append(item)
-            else:
-                items.append(_copy_tree(item, memo, depth))
+            items.append(item if type(item) in _SCALARS else _copy_leaf(item, memo, depth))
         return items
     if isinstance(value, tuple):
         # Registered once built (it is immutable); a cycle through a tuple ends at MAX_DEPTH.
         copied = tuple(
-            item
-            if type(item) in _SCALARS or not isinstance(item, _CONTAINERS)
-            else _copy_tree(item, memo, depth)
-            for item in value
+            item if type(item) in _SCALARS else _copy_leaf(item, memo, depth) for item in value
         )
         memo[id(value)] = copied
         return copied

@@ -7,7 +7,6 @@ about itself feeds its own input.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -19,13 +18,10 @@ _lock = threading.Lock()
 _last: Dict[str, Tuple[float, int]] = {}
 
 
-def _after_fork_in_child() -> None:
+def after_fork_in_child() -> None:
+    """Another thread may have held the lock at the fork (the worker calls this)."""
     global _lock
-    _lock = threading.Lock()  # another thread may have held it at the fork
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    _lock = threading.Lock()
 
 
 def warn(key: str, text: str, interval: float = WARN_INTERVAL) -> None:

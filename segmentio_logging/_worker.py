@@ -56,7 +56,7 @@ from ._errors import (
     SegmentError,
     SpoolError,
 )
-from ._message import MAX_BATCH_BYTES, envelope_size
+from ._message import MAX_BATCH_BYTES, envelope_size, reset_message_ids
 from ._transport import Deadline, Outcome, Response, Transport, is_retryable
 
 if TYPE_CHECKING:  # the spool (and sqlite3) is only imported when spool_path is set
@@ -212,7 +212,7 @@ class Pipeline:
     def put(self, item: Any) -> bool:
         """Queue one item without blocking; False when it was dropped (full or closed)."""
         if self._pid != _getpid():
-            self._after_fork_in_child()
+            self._check_fork()
         queue = self._queue
         size = len(queue)
         if self._closed or self._inline or size >= self.max_queue_size:
@@ -317,6 +317,7 @@ class Pipeline:
                     self._report_full()
                     if self._spool is not None:
                         self._finish_spool()
+                    self.transport.close()  # also when close() handed off (dictConfig)
                     return
             except Exception as exc:  # pragma: no cover - a dead worker would lose everything
                 _report.warn(f"worker-{self._serial}", f"worker error {type(exc).__name__}: {exc}")
@@ -909,6 +910,17 @@ class Pipeline:
             # absolute: a second close() (logging.shutdown after atexit) does not wait again.
             thread.join(max(self._deadline.at + CLOSE_GRACE - time.monotonic(), 0.0))
             if thread.is_alive():
+                # Stuck in a request the receiver does not answer: what is still queued
+                # will not be sent before exit. Say so now rather than never.
+                swept = self._sweep_queue("still queued at the close deadline: not sent")
+                with self._lock:
+                    in_flight = self._taken - self._settled() - swept
+                if in_flight > 0:
+                    _report.warn(
+                        f"in-flight-{self._serial}",
+                        f"{in_flight} message{'s' if in_flight != 1 else ''} in a request the "
+                        "receiver had not answered at the close deadline: outcome unknown",
+                    )
                 return False
         elif thread is None and self._queue:
             self._drain_here()  # never started (or cannot start): deliver on this thread
@@ -929,23 +941,28 @@ class Pipeline:
         thread = self._thread
         if thread is not None and thread.is_alive():
             return
+        self._sweep_queue("still queued at close: not sent")
+
+    def _sweep_queue(self, why: str) -> int:
+        """Settle what is still queued as dropped, reported with ``why``; how many."""
         with self._lock:
             left = list(self._queue)
             self._queue.clear()
             self._taken += len(left)
         if left:
             plural = "s" if len(left) != 1 else ""
-            error = ClosedError(
-                f"{len(left)} message{plural} still queued at close: not sent",
-                count=len(left),
-            )
+            error = ClosedError(f"{len(left)} message{plural} {why}", count=len(left))
+            _report.warn(f"swept-{self._serial}", error.reason)
             self._call(self.on_failure, left, error)
             self._settle(dropped=len(left))
+        return len(left)
 
     # ------------------------------------------------------------------ fork, stats
 
     def _check_fork(self) -> None:
+        """A fork that skipped the fork hooks (some servers fork from C): reset now."""
         if self._pid != os.getpid():
+            _after_fork_in_child()
             self._after_fork_in_child()
 
     def _after_fork_in_child(self) -> None:
@@ -1027,11 +1044,34 @@ def _after_fork_in_parent() -> None:
         _held_at_fork.pop().release()
 
 
+_child_resets: List[Callable[[], None]] = []
+_reset_for_pid = os.getpid()
+
+
+def on_fork_in_child(reset: Callable[[], None]) -> None:
+    """Run ``reset`` in a forked child: from the fork hook, or from the first call
+    that sees a new pid when a server forked without running the hooks."""
+    _child_resets.append(reset)
+
+
 def _after_fork_in_child() -> None:
+    """Everything a child must not inherit, once per process."""
+    global _reset_for_pid
+    pid = os.getpid()
+    if pid == _reset_for_pid:
+        return
+    _reset_for_pid = pid
     _held_at_fork.clear()  # the child's pipelines get new locks
     busy_threads.clear()  # the parent's threads do not exist here
-    for pipeline in list(_live):
+    reset_message_ids()  # or parent and child would send the same messageIds
+    _report.after_fork_in_child()
+    for pipeline in list(_live):  # before the resets below restart any thread
         pipeline._after_fork_in_child()
+    for reset in list(_child_resets):
+        try:
+            reset()
+        except Exception:  # pragma: no cover - a child must not die of its logging
+            pass
     _close_at_multiprocessing_exit()
 
 

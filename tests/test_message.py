@@ -742,6 +742,25 @@ class TestRecordMapper:
         message = mapped(make_record(user_id="u", previous_id="p", plan="x"), capture_extra=True)
         assert "properties" not in message and "traits" not in message
 
+    def test_snapshot_copies_mappings_and_dataclasses(self) -> None:
+        """A UserDict or a mutable dataclass changed after logging does not change what is sent."""
+        import collections
+
+        @dataclasses.dataclass
+        class Cart:
+            items: List[str]
+
+        cart = Cart(items=["a"])
+        plan = collections.UserDict({"plan": "free"})
+        mapper = RecordMapper()
+        captured = mapper.capture(
+            make_record(user_id="u", event="E", properties={"cart": cart, "plan": plan})
+        )
+        cart.items.append("changed")
+        plan["plan"] = "changed"
+        message = json.loads(encode(mapper.build(captured)))
+        assert message["properties"] == {"cart": {"items": ["a"]}, "plan": {"plan": "free"}}
+
     def test_snapshot_at_capture(self) -> None:
         """Mutating properties, a nested dict or list, or context after capture changes nothing."""
         nested = {"tags": ["a"], "inner": {"k": 1}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import multiprocessing
@@ -603,3 +604,63 @@ class TestSpoolOption:
             assert identity_holds(stats)
         finally:
             pipeline.close(2)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+class TestForkWithoutHooks:
+    def test_child_gets_fresh_message_ids_and_delivers(
+        self, make_handler: Any, collector: LocalCollector, logger: logging.Logger
+    ) -> None:
+        """A fork that runs no Python hooks (libc's fork, as some servers do) still gives the
+        child its own messageIds and a working pipeline, through the pid check."""
+        libc = ctypes.CDLL(None)
+        handler = make_handler()
+        logger.handlers[:] = [handler]
+        logger.info("parent-before", extra={"user_id": "p"})
+        assert handler.flush(5)
+        pid = libc.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            code = 1
+            try:
+                logger.info("child", extra={"user_id": "c"})
+                code = 0 if handler.flush(5) else 2
+            finally:
+                os._exit(code)
+        logger.info("parent-after", extra={"user_id": "p"})
+        assert handler.flush(5)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        assert collector.wait_for_messages(3)
+        ids = {m["event"]: m["messageId"] for m in collector.messages}
+        assert sorted(ids) == ["child", "parent-after", "parent-before"]
+        assert len(set(ids.values())) == 3
+        prefixes = {event: mid.rsplit("-", 1)[0] for event, mid in ids.items()}
+        assert prefixes["child"] != prefixes["parent-before"] == prefixes["parent-after"]
+
+
+class TestCloseBehindAHungRequest:
+    def test_queued_messages_are_reported_at_the_deadline(
+        self, make_handler: Any, collector: LocalCollector, logger: logging.Logger
+    ) -> None:
+        """When close() times out behind a request that never answers, what is still queued
+        is reported to on_failure and counted as dropped, not left unsaid."""
+        collector.default = Reply(hang=True)
+        failures: List[Tuple[int, Exception]] = []
+        handler = make_handler(
+            shutdown_timeout=0.3,
+            timeout=10,
+            on_failure=lambda data, error: failures.append((len(data), error)),
+        )
+        logger.handlers[:] = [handler]
+        logger.info("first", extra={"user_id": "u"})
+        assert collector.wait_for_requests(1, timeout=5)
+        for _ in range(20):
+            logger.info("later", extra={"user_id": "u"})
+        started = time.monotonic()
+        assert handler._pipeline.close() is False
+        assert time.monotonic() - started < 5
+        assert [(count, type(error).__name__) for count, error in failures] == [(20, "ClosedError")]
+        counts = handler.stats()
+        assert counts["dropped"] == 20 and counts["pending"] == 1
+        assert counts["enqueued"] == 21
+        collector.release_hangs()
