@@ -624,20 +624,16 @@ def _copy_tree(value: Any, memo: Dict[int, Any], depth: int) -> Any:
 _PLAIN_TRACK_KEYS = frozenset({"user_id", "anonymous_id", "created", "text", "event", "properties"})
 
 
-def _plain_track(captured: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+def _plain_track(
+    uid: Any, aid: Any, event: Any, properties: Any, created: float
+) -> Optional[Dict[str, Any]]:
     """The common case built directly: string ids and event, a dict of properties or none.
 
     The same message as :func:`build_message` makes, key for key; ``None`` when the
     capture needs the general path (which also gives the errors).
     """
-    uid = captured["user_id"]
-    aid = captured["anonymous_id"]
     if (uid is not None and type(uid) is not str) or (aid is not None and type(aid) is not str):
         return None
-    event = captured.get("event")
-    if event is None:
-        event = captured.get("text")
-    properties = captured.get("properties")
     if (
         type(event) is not str
         or not event
@@ -652,7 +648,7 @@ def _plain_track(captured: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     message["event"] = event
     message["properties"] = {} if properties is None else properties
     message["context"] = {"library": {"name": LIBRARY_NAME, "version": __version__}}
-    message["timestamp"] = format_timestamp(captured["created"])
+    message["timestamp"] = format_timestamp(created)
     message["messageId"] = new_message_id()
     return message
 
@@ -694,7 +690,10 @@ class RecordMapper:
         "_aid",
         "_attrs",
         "_capture_extra",
+        "_event_attr",
+        "_general_attrs",
         "_mutable_attrs",
+        "_properties_attr",
         "_reserved_attrs",
         "_session_attr",
         "_uid",
@@ -714,6 +713,14 @@ class RecordMapper:
             )
         )
         self._mutable_attrs = tuple(names[key] for key in _MUTABLE_FIELDS)
+        self._event_attr = names["event"]
+        self._properties_attr = names["properties"]
+        # Any of these on a record takes it off the plain-track path of build().
+        self._general_attrs = frozenset(
+            attr
+            for key, attr in names.items()
+            if key not in ("user_id", "anonymous_id", "event", "properties")
+        )
         self._reserved_attrs = frozenset(names.values()) | {SESSION_ID}
         self._capture_extra = capture_extra
         clash = sorted(self._reserved_attrs & _STANDARD_RECORD_ATTRS)
@@ -778,6 +785,17 @@ class RecordMapper:
     def build(self, item: Captured) -> Dict[str, Any]:
         """The message for a capture; raises :class:`InvalidMessage`."""
         fields, uid, aid, copies, text, extra, bound, created = item
+        if bound is None and extra is None and fields.keys().isdisjoint(self._general_attrs):
+            # A plain track (the common case): built without the general path's dict.
+            event = fields.get(self._event_attr)
+            if event is None:
+                event = text if text is not None else fields.get("msg")
+            properties = copies.get(self._properties_attr) if copies else None
+            if properties is None:
+                properties = fields.get(self._properties_attr)
+            message = _plain_track(uid, aid, event, properties, created)
+            if message is not None:
+                return message
         captured: Dict[str, Any] = {"user_id": uid, "anonymous_id": aid, "created": created}
         for key, attr in self._attrs:
             if attr in fields:
@@ -802,7 +820,14 @@ class RecordMapper:
     def build_captured(captured: Mapping[str, Any]) -> Dict[str, Any]:
         """The message for the fields of a capture, by Segment field name."""
         if captured.keys() <= _PLAIN_TRACK_KEYS:
-            message = _plain_track(captured)
+            event = captured.get("event")
+            message = _plain_track(
+                captured["user_id"],
+                captured["anonymous_id"],
+                captured.get("text") if event is None else event,
+                captured.get("properties"),
+                captured["created"],
+            )
             if message is not None:
                 return message
         get = captured.get

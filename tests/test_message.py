@@ -742,6 +742,31 @@ class TestRecordMapper:
         message = mapped(make_record(user_id="u", previous_id="p", plan="x"), capture_extra=True)
         assert "properties" not in message and "traits" not in message
 
+    @pytest.mark.parametrize(
+        "extra",
+        [
+            {"user_id": "u"},
+            {"anonymous_id": "a", "properties": {"k": [1, 2]}},
+            {"user_id": "u", "session_id": "s", "event": "Named"},
+            {"user_id": 7, "properties": {"k": 1}},
+            {"user_id": "u", "properties": None},
+        ],
+    )
+    def test_plain_track_path_matches_the_general_path(self, extra: Dict[str, Any]) -> None:
+        """build()'s shortcut for plain tracks gives the message build_message gives."""
+        record = make_record("Played %s", "a song", **extra)
+        message = RecordMapper().build(RecordMapper().capture(record))  # type: ignore[arg-type]
+        general = build_message(
+            "track",
+            user_id=extra.get("user_id"),
+            anonymous_id=extra.get("anonymous_id", extra.get("session_id")),
+            event=extra.get("event", "Played a song"),
+            properties=extra.get("properties"),
+            created=CREATED,
+        )
+        assert message.pop("messageId") and general.pop("messageId")
+        assert list(message.items()) == list(general.items())
+
     def test_snapshot_copies_mappings_and_dataclasses(self) -> None:
         """A UserDict or a mutable dataclass changed after logging does not change what is sent."""
         import collections
