@@ -25,28 +25,27 @@ def make_pipeline(options: Options, prepare: Optional[Prepare] = None) -> Pipeli
         max_retries=options.max_retries,
         retry_budget=options.retry_budget,
     )
-    spool = None
-    if options.spool_path is not None:
-        from ._spool import Spool  # sqlite3 is only imported when a spool is used
+    settings: Dict[str, Any] = {
+        "batch_size": options.batch_size,
+        "flush_interval": options.flush_interval,
+        "max_queue_size": options.max_queue_size,
+        "shutdown_timeout": options.shutdown_timeout,
+        "on_success": options.on_success,
+        "on_failure": options.on_failure,
+        "sync_mode": options.sync_mode,
+    }
+    if prepare is not None:
+        settings["prepare"] = prepare
+    if options.spool_path is None:
+        return Pipeline(transport, **settings)
+    # sqlite3 is only imported when a spool is used.
+    from ._spool import Spool
+    from ._spooled import SpooledPipeline
 
-        spool = Spool(
-            options.spool_path,
-            max_bytes=options.spool_max_bytes,
-            max_age=options.spool_max_age,
-        )
-    extra = {} if prepare is None else {"prepare": prepare}
-    return Pipeline(
-        transport,
-        batch_size=options.batch_size,
-        flush_interval=options.flush_interval,
-        max_queue_size=options.max_queue_size,
-        shutdown_timeout=options.shutdown_timeout,
-        on_success=options.on_success,
-        on_failure=options.on_failure,
-        sync_mode=options.sync_mode,
-        spool=spool,
-        **extra,
+    spool = Spool(
+        options.spool_path, max_bytes=options.spool_max_bytes, max_age=options.spool_max_age
     )
+    return SpooledPipeline(transport, spool=spool, **settings)
 
 
 def _copy(value: Any) -> Any:

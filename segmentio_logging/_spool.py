@@ -61,9 +61,11 @@ All methods are thread-safe; the worker calls them from its own thread.
     length plus one (the comma that joins them in a batch); at least one when
     any is stored. A pure read: called twice without ``remove`` it returns the
     same events.
-``remove(keys) -> int``
-    Deletes events once the receiver accepted them (or refused them for good).
-    Unknown keys (already removed, dropped by a bound) are ignored.
+``remove(keys) -> keys``
+    Deletes events once the receiver accepted them (or refused them for good)
+    and returns the keys it deleted. Unknown keys (already removed, dropped by
+    a bound while their batch was in flight) are ignored and left out of the
+    result: those events were already reported through ``on_drop``.
 ``pending() -> (count, bytes)``
     What is stored in the files this process holds; no I/O.
 ``own() -> (file number, count)``
@@ -102,7 +104,7 @@ A wiring that keeps at-least-once::
         else:
             break                              # retry later: the events stay on disk
 
-:class:`~segmentio_logging._worker.Pipeline` wires it so: its worker thread
+:class:`~segmentio_logging._spooled.SpooledPipeline` wires it so: its worker thread
 appends what was queued every ``flush_interval``, a sender thread runs the loop
 above (backing off while the receiver is down), every call of both runs under
 one pipeline lock (also held across ``fork``), and the pipeline replaces
@@ -409,23 +411,23 @@ class Spool:
         finally:
             self._report()
 
-    def remove(self, keys: Iterable[SpoolKey]) -> int:
-        """Delete the events of ``keys``; how many were deleted (unknown keys are ignored)."""
+    def remove(self, keys: Iterable[SpoolKey]) -> List[SpoolKey]:
+        """Delete the events of ``keys``; the keys deleted (unknown keys are ignored)."""
         self._check_fork()
         try:
             with self._lock:
                 if self._own is None:
-                    return 0
+                    return []
                 wanted: Dict[int, List[int]] = {}
                 for ident, row_id in keys:
                     wanted.setdefault(ident, []).append(row_id)
-                removed = 0
+                removed: List[SpoolKey] = []
                 for ident, row_ids in wanted.items():
                     file = self._by_ident.get(ident)
                     if file is None:
                         continue
                     try:
-                        removed += self._delete(file, row_ids)
+                        removed.extend((ident, row_id) for row_id in self._delete(file, row_ids))
                     except sqlite3.Error as exc:
                         self._file_failed(file, exc)
                 return removed
@@ -874,26 +876,26 @@ class Spool:
             file.conn.execute("DELETE FROM events WHERE id <= ?", (last,))
         return dropped, freed
 
-    def _delete(self, file: _File, row_ids: List[int]) -> int:
+    def _delete(self, file: _File, row_ids: List[int]) -> List[int]:
+        """Delete the rows of ``row_ids`` still there; their ids."""
         conn = file.conn
-        removed = freed = 0
+        removed: List[int] = []
+        freed = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
             for low, high in _ranges(row_ids):
-                count, size = conn.execute(
-                    "SELECT count(*), coalesce(sum(length(data)), 0) FROM events "
-                    "WHERE id BETWEEN ? AND ?",
-                    (low, high),
-                ).fetchone()
-                if count:
+                found = conn.execute(
+                    "SELECT id, length(data) FROM events WHERE id BETWEEN ? AND ?", (low, high)
+                ).fetchall()
+                if found:
                     conn.execute("DELETE FROM events WHERE id BETWEEN ? AND ?", (low, high))
-                    removed += int(count)
-                    freed += int(size)
+                    removed.extend(int(row_id) for row_id, _ in found)
+                    freed += sum(int(length) for _, length in found)
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
             raise
-        file.count -= removed
+        file.count -= len(removed)
         file.size -= freed
         if file.count == 0:
             if file.own:

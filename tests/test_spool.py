@@ -67,7 +67,8 @@ def drain(spool: Spool) -> List[int]:
         if not batch:
             return seen
         seen.extend(number(data) for _, data in batch)
-        assert spool.remove([key for key, _ in batch]) == len(batch)
+        keys = [key for key, _ in batch]
+        assert sorted(spool.remove(keys)) == sorted(keys)
 
 
 def spool_files(directory: Path) -> List[str]:
@@ -160,11 +161,14 @@ class TestSpoolRoundTrip:
         spool.close()
 
     def test_remove_ignores_unknown_keys(self, tmp_path: Path) -> None:
-        """remove deletes the known keys, counts them, and skips the rest."""
+        """remove deletes the known keys, returns them, and skips the rest."""
         spool = make(tmp_path)
         keys = spool.append([event(n) for n in range(4)])
-        assert spool.remove([keys[0], keys[2], (999, 1), (keys[0][0], 10_000)]) == 2
-        assert spool.remove([keys[0]]) == 0
+        assert spool.remove([keys[0], keys[2], (999, 1), (keys[0][0], 10_000)]) == [
+            keys[0],
+            keys[2],
+        ]
+        assert spool.remove([keys[0]]) == []
         assert [number(data) for _, data in spool.oldest(10, 10_000)] == [1, 3]
         spool.close()
 
@@ -473,6 +477,21 @@ class TestSpoolBounds:
         assert spool.pending() == (3, 300)
         assert recorder.dropped == 7
         assert drain(spool) == [7, 8, 9]
+        spool.close()
+
+    def test_remove_leaves_out_what_a_bound_deleted_after_the_read(self, tmp_path: Path) -> None:
+        """Events read, then deleted by max_bytes before their remove, are not in its result."""
+        recorder = Recorder()
+        spool = make(tmp_path, recorder, max_bytes=500)
+        spool.append([event(n, 100) for n in range(4)])
+        batch = spool.oldest(10, 10_000)  # in flight from here on
+        assert [number(data) for _, data in batch] == [0, 1, 2, 3]
+        spool.append([event(n, 100) for n in range(4, 7)])  # pushes out 0 and 1
+        assert recorder.dropped == 2
+        removed = spool.remove([key for key, _ in batch])
+        assert [number(data) for key, data in batch if key in removed] == [2, 3]
+        assert len(removed) + recorder.dropped == len(batch)
+        assert drain(spool) == [4, 5, 6]
         spool.close()
 
     def test_claimed_orphans_count_toward_max_bytes_and_go_first(self, tmp_path: Path) -> None:

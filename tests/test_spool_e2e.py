@@ -14,13 +14,15 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
 from segmentio_logging import DeliveryError, SegmentHandler
 from segmentio_logging._errors import SpoolError
 from segmentio_logging._spool import Spool
+from segmentio_logging._spooled import SpooledPipeline
+from segmentio_logging._transport import Deadline, Transport
 from segmentio_logging.testing import LocalCollector, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +129,15 @@ def log_events(logger: logging.Logger, tag: str, count: int, pad: int = 0) -> No
         if pad:
             extra["properties"] = {"pad": "x" * pad}
         logger.info("Played", extra=extra)
+
+
+def padded(message_id: str) -> Tuple[Dict[str, Any], bytes]:
+    """A ready (message, bytes) item of exactly 100 bytes for a Pipeline's default prepare."""
+    message: Dict[str, Any] = {"type": "track", "userId": "u", "messageId": message_id, "pad": ""}
+    message["pad"] = "x" * (100 - len(json.dumps(message)))
+    data = json.dumps(message).encode("utf-8")
+    assert len(data) == 100
+    return message, data
 
 
 def persist(handler: SegmentHandler, timeout: float = 10.0) -> bool:
@@ -358,6 +369,60 @@ class TestBounds:
         assert identity_holds(handler.stats())
 
 
+class TestBoundDuringDelivery:
+    def test_rows_a_bound_drops_in_flight_reach_on_failure_only(
+        self, collector: LocalCollector, spool_dir: Path
+    ) -> None:
+        """spool_max_bytes dropping rows of a batch in flight: those are counted and reported as
+        dropped, never passed to on_success too; the other rows are delivered; counts add up."""
+        entered, go = threading.Event(), threading.Event()
+
+        class Held(Transport):
+            """Holds its first request until the test lets it go; a real POST after that."""
+
+            def deliver(self, parts: List[bytes], deadline: Optional[Deadline] = None) -> Any:
+                if not entered.is_set():
+                    entered.set()
+                    assert go.wait(10)
+                return super().deliver(parts, deadline)
+
+        successes, failures = Calls(), Calls()
+        pipeline = SpooledPipeline(
+            Held(host=collector.url, write_key="k", timeout=5, max_retries=0),
+            flush_interval=0.05,
+            on_success=successes,
+            on_failure=failures,
+            spool=Spool(spool_dir, max_bytes=500),
+        )
+        try:
+            for i in range(4):
+                assert pipeline.put(padded(f"a-{i}"))
+            assert pipeline.persist(10)
+            assert entered.wait(10)  # the sender holds a-0..a-3, read from the spool
+            for i in range(3):
+                assert pipeline.put(padded(f"b-{i}"))
+            assert pipeline.persist(10)  # this append pushed out the oldest: a-0, a-1
+            dropped = pipeline.stats()["dropped"]
+            assert dropped == 2
+            go.set()
+            assert pipeline.flush(10) is True
+            sent = Counter(str(m["messageId"]) for m in collector.messages)
+            assert sent == Counter(["a-0", "a-1", "a-2", "a-3", "b-0", "b-1", "b-2"])
+            succeeded = [m["messageId"] for data, _ in successes.calls for m in data]
+            assert succeeded == ["a-2", "a-3", "b-0", "b-1", "b-2"]
+            reported = failures.errors(SpoolError)
+            assert sum(e.count for e in reported) == dropped
+            assert all("spool_max_bytes" in e.reason for e in reported)
+            assert [d for d, e in failures.calls if not isinstance(e, SpoolError)] == []
+            stats = pipeline.stats()
+            assert (stats["delivered"], stats["dropped"], stats["pending"]) == (5, 2, 0)
+            assert stats["enqueued"] == 7
+            assert identity_holds(stats)
+        finally:
+            go.set()
+            pipeline.close(2)
+
+
 class TestSeveralProcesses:
     def test_three_processes_share_one_spool_path(
         self, collector: LocalCollector, spool_dir: Path
@@ -447,7 +512,9 @@ class TestHotPath:
             spool_path=str(spool_dir), flush_interval=30, batch_size=2_500, max_retries=0
         )
         assert persist(handler)  # the worker has opened its file
-        spool: Spool = handler._pipeline._spool  # type: ignore[assignment]
+        pipeline = handler._pipeline
+        assert isinstance(pipeline, SpooledPipeline)  # what Pipeline(spool=...) builds
+        spool = pipeline._spool
         threads: List[str] = []
         original = spool.append
 

@@ -24,6 +24,7 @@ from segmentio_logging import (
     SegmentHandler,
     _worker,
 )
+from segmentio_logging._spooled import SpooledPipeline
 from segmentio_logging._transport import Deadline, Outcome, Transport
 from segmentio_logging._worker import Pipeline
 from segmentio_logging.testing import LocalCollector, Reply
@@ -539,8 +540,22 @@ class TestSpoolOption:
 
         transport = Transport(host="http://127.0.0.1:9", write_key="k")
         with pytest.raises(ValueError) as info:
-            Pipeline(transport, sync_mode=True, spool=Spool(tmp_path))
+            SpooledPipeline(transport, sync_mode=True, spool=Spool(tmp_path))
         assert str(info.value).startswith("spool_path")
+
+    def test_spool_path_builds_the_spooled_pipeline(self, tmp_path: Any) -> None:
+        """With spool_path the handler's pipeline is the spool mode's; without, a plain one."""
+        plain = SegmentHandler("k", host="http://127.0.0.1:9")._pipeline
+        spooled = SegmentHandler(
+            "k", host="http://127.0.0.1:9", flush_interval=0.05, spool_path=str(tmp_path)
+        )._pipeline
+        try:
+            assert type(plain) is Pipeline
+            assert isinstance(spooled, SpooledPipeline)
+            assert repr(spooled).startswith("<SpooledPipeline open")
+        finally:
+            plain.close(1)
+            spooled.close(1)
 
     def test_without_a_spool_persist_means_flush(self, collector: LocalCollector) -> None:
         """Without a spool nothing is safe before delivery: persist() waits like flush()."""
@@ -562,7 +577,7 @@ class TestSpoolOption:
 
         before = set(threading.enumerate())
         transport = Transport(host=collector.url, write_key="k", timeout=5)
-        pipeline = Pipeline(transport, flush_interval=0.05, spool=Spool(tmp_path))
+        pipeline = SpooledPipeline(transport, flush_interval=0.05, spool=Spool(tmp_path))
         try:
             assert len(workers_since(before)) == 1
             assert pipeline.persist(5) is True
@@ -584,7 +599,7 @@ class TestSpoolOption:
 
         failures = Failures()
         transport = Transport(host=collector.url, write_key="k", timeout=5)
-        pipeline = Pipeline(
+        pipeline = SpooledPipeline(
             transport,
             prepare=prepare,
             flush_interval=0.05,
