@@ -14,8 +14,16 @@ from ._worker import Pipeline, Prepare
 Callback = Callable[[Any, Any], Any]
 
 
-def make_pipeline(options: Options, prepare: Optional[Prepare] = None) -> Pipeline:
-    """The queue, worker, transport and (with ``spool_path``) disk spool of ``options``."""
+def make_pipeline(
+    options: Options,
+    prepare: Optional[Prepare] = None,
+    describe: Optional[Callable[[Any], Any]] = None,
+) -> Pipeline:
+    """The queue, worker, transport and (with ``spool_path``) disk spool of ``options``.
+
+    ``prepare`` turns a queued item into its message and bytes; ``describe``, an item
+    into what ``on_failure`` receives when it cannot be sent.
+    """
     transport_class = Transport if options.send else NullTransport
     transport = transport_class(
         host=options.host,
@@ -36,6 +44,8 @@ def make_pipeline(options: Options, prepare: Optional[Prepare] = None) -> Pipeli
     }
     if prepare is not None:
         settings["prepare"] = prepare
+    if describe is not None:
+        settings["describe"] = describe
     if options.spool_path is None:
         return Pipeline(transport, **settings)
     # sqlite3 is only imported when a spool is used.

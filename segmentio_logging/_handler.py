@@ -59,7 +59,7 @@ class SegmentHandler(logging.Handler):
         super().__init__(level)
         self.options = resolved
         self._mapper = mapper
-        self._pipeline = make_pipeline(self.options, self._prepare)
+        self._pipeline = make_pipeline(self.options, self._prepare, mapper.describe)
         self._count_lock = threading.Lock()
         self._skipped = 0
         self._ignored = 0

@@ -796,6 +796,13 @@ class RecordMapper:
             message = _plain_track(uid, aid, event, properties, created)
             if message is not None:
                 return message
+        return self.build_captured(self.describe(item))
+
+    def describe(self, item: Captured) -> Dict[str, Any]:
+        """A capture's fields by their reserved names (``user_id``, ``event``, ``properties``...),
+        plus ``created`` and the formatted ``text``: what callbacks see of a record that
+        could not become a message."""
+        fields, uid, aid, copies, text, extra, bound, created = item
         captured: Dict[str, Any] = {"user_id": uid, "anonymous_id": aid, "created": created}
         for key, attr in self._attrs:
             if attr in fields:
@@ -814,7 +821,7 @@ class RecordMapper:
             captured["text"] = text if text is not None else fields.get("msg")
         if extra:
             captured["extra"] = extra
-        return self.build_captured(captured)
+        return captured
 
     @staticmethod
     def build_captured(captured: Mapping[str, Any]) -> Dict[str, Any]:

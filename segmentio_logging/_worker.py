@@ -5,11 +5,12 @@ by a ``prepare`` function, encoded, cut into batches by count and bytes, and
 handed to the transport. The caller's side (:meth:`Pipeline.put`) takes no
 lock: a ``deque`` append and a length check.
 
-This module holds events in memory only. ``Pipeline(..., spool=spool)`` builds
-the disk-spool variant instead, :class:`~segmentio_logging._spooled.SpooledPipeline`
-(a subclass that overrides the worker's steps and the waits); the hooks it
-overrides are the ``_begin_work``, ``_work``, ``_end_work``, ``_release`` and
-``_nothing_left`` methods below.
+This module holds events in memory only. With ``spool_path``,
+``make_pipeline`` builds the disk-spool variant instead,
+:class:`~segmentio_logging._spooled.SpooledPipeline` (a subclass that overrides
+the worker's steps and the waits); the hooks it overrides are the
+``_begin_work``, ``_work``, ``_end_work``, ``_release`` and ``_nothing_left``
+methods below.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import weakref
 from collections import deque
 from contextlib import contextmanager
 from typing import (
-    TYPE_CHECKING,
     Any,
     Callable,
     Deque,
@@ -42,9 +42,6 @@ from . import _report
 from ._errors import ClosedError, DeliveryError, InvalidMessage, QueueFull, SegmentError
 from ._message import MAX_BATCH_BYTES, envelope_size, reset_message_ids
 from ._transport import Deadline, Outcome, Response, Transport
-
-if TYPE_CHECKING:  # the spool (and sqlite3) is only imported when spool_path is set
-    pass
 
 # An item becomes its message and the message's encoded bytes.
 Prepare = Callable[[Any], Tuple[Dict[str, Any], bytes]]
@@ -85,6 +82,10 @@ def _prepared(item: Any) -> Tuple[Dict[str, Any], bytes]:
     return item  # type: ignore[no-any-return]
 
 
+def _same(item: Any) -> Any:
+    return item
+
+
 def _logging_lock_held() -> bool:
     """True when this thread holds the logging module's lock (dictConfig closing handlers)."""
     lock = getattr(logging, "_lock", None)
@@ -108,6 +109,7 @@ class Pipeline:
         transport: Transport,
         *,
         prepare: Prepare = _prepared,
+        describe: Callable[[Any], Any] = _same,
         batch_size: int = 100,
         flush_interval: float = 0.5,
         max_queue_size: int = 10_000,
@@ -118,6 +120,7 @@ class Pipeline:
     ) -> None:
         self.transport = transport
         self.prepare = prepare
+        self.describe = describe
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_queue_size = max_queue_size
@@ -209,14 +212,14 @@ class Pipeline:
         """Count and report an item refused before it was queued (too large, invalid)."""
         with self._lock:
             self._dropped_caller += 1
-        self._call(self.on_failure, [item], error)
+        self._refused([item], error)
 
     def _drop_closed(self, item: Any) -> None:
         with self._lock:
             self._dropped_caller += 1
         error = ClosedError("1 message given after close(); not sent", count=1)
         _report.warn(f"closed-{self._serial}", error.reason)
-        self._call(self.on_failure, [item], error)
+        self._refused([item], error)
 
     def _start(self) -> None:
         with self._lock:
@@ -296,10 +299,10 @@ class Pipeline:
         try:
             return self.prepare(item)
         except SegmentError as error:
-            self._call(self.on_failure, [item], error)
+            self._refused([item], error)
         except Exception as exc:  # a bug or a hostile object: report, never stop
             reason = f"could not build the message: {type(exc).__name__}: {exc}"
-            self._call(self.on_failure, [item], InvalidMessage(reason))
+            self._refused([item], InvalidMessage(reason))
         return None
 
     def _process(self, items: List[Any]) -> None:
@@ -382,6 +385,16 @@ class Pipeline:
                 count=count,
             )
             self._call(self.on_failure, [], error)
+
+    def _refused(self, items: List[Any], error: SegmentError) -> None:
+        """Report items that will not be sent, as ``describe`` shows them to callbacks."""
+        if self.on_failure is None:
+            return
+        try:
+            data = [self.describe(item) for item in items]
+        except Exception:  # pragma: no cover - describing must not lose the report
+            data = list(items)
+        self._call(self.on_failure, data, error)
 
     @staticmethod
     def _call(callback: Optional[Callback], data: Any, arg: Any) -> None:
@@ -551,7 +564,7 @@ class Pipeline:
             plural = "s" if len(left) != 1 else ""
             error = ClosedError(f"{len(left)} message{plural} {why}", count=len(left))
             _report.warn(f"swept-{self._serial}", error.reason)
-            self._call(self.on_failure, left, error)
+            self._refused(left, error)
             self._settle(dropped=len(left))
         return len(left)
 

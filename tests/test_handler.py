@@ -617,3 +617,20 @@ class TestPersist:
             assert [m["event"] for m in collector.messages] == ["Saved"]
         finally:
             client.shutdown()
+
+
+class TestFailureData:
+    def test_a_record_that_cannot_be_sent_is_described_by_its_fields(
+        self, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        """on_failure gets the record's Segment fields by name, not the handler's internals."""
+        failures: List[Tuple[List[Any], Exception]] = []
+        handler = make_handler(on_failure=lambda data, error: failures.append((data, error)))
+        logger.handlers[:] = [handler]
+        logger.info("Bought", extra={"user_id": "u1", "timestamp": "yesterday"})
+        assert handler.flush(5)
+        [(data, error)] = failures
+        assert isinstance(error, InvalidMessage) and "yesterday" in str(error)
+        [fields] = data
+        assert fields["user_id"] == "u1" and fields["timestamp"] == "yesterday"
+        assert fields["text"] == "Bought"
