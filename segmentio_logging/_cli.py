@@ -162,14 +162,9 @@ def _resolve(args: argparse.Namespace, *, need_key: bool = True) -> Options:
 
 
 def _transport(options: Options) -> Transport:
-    return Transport(
-        host=options.host,
-        write_key=options.write_key,
-        gzip=options.gzip,
-        timeout=options.timeout,
-        max_retries=options.max_retries,
-        retry_budget=options.retry_budget,
-    )
+    from ._client import transport_for
+
+    return transport_for(options)
 
 
 def _failure_text(error: DeliveryError) -> str:

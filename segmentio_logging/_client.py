@@ -6,12 +6,25 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ._errors import InvalidMessage, SegmentError
-from ._message import _snapshot, build_message, encode
+from ._message import _MUTABLE_FIELDS, _snapshot, build_message, encode
 from ._options import Options, resolve_options
 from ._transport import NullTransport, Transport
 from ._worker import Pipeline, Prepare
 
 Callback = Callable[[Any, Any], Any]
+
+
+def transport_for(options: Options) -> Transport:
+    """The HTTP transport ``options`` describe (with ``send=False``, one that sends nothing)."""
+    transport_class = Transport if options.send else NullTransport
+    return transport_class(
+        host=options.host,
+        write_key=options.write_key,
+        gzip=options.gzip,
+        timeout=options.timeout,
+        max_retries=options.max_retries,
+        retry_budget=options.retry_budget,
+    )
 
 
 def make_pipeline(
@@ -24,15 +37,7 @@ def make_pipeline(
     ``prepare`` turns a queued item into its message and bytes; ``describe``, an item
     into what ``on_failure`` receives when it cannot be sent.
     """
-    transport_class = Transport if options.send else NullTransport
-    transport = transport_class(
-        host=options.host,
-        write_key=options.write_key,
-        gzip=options.gzip,
-        timeout=options.timeout,
-        max_retries=options.max_retries,
-        retry_budget=options.retry_budget,
-    )
+    transport = transport_for(options)
     settings: Dict[str, Any] = {
         "batch_size": options.batch_size,
         "flush_interval": options.flush_interval,
@@ -56,10 +61,6 @@ def make_pipeline(
         options.spool_path, max_bytes=options.spool_max_bytes, max_age=options.spool_max_age
     )
     return SpooledPipeline(transport, spool=spool, **settings)
-
-
-def _copy(value: Any) -> Any:
-    return None if value is None else _snapshot(value)
 
 
 def _anonymous(session_id: Any, anonymous_id: Any) -> Any:
@@ -108,10 +109,10 @@ class Client:
             "identify",
             user_id=user_id,
             anonymous_id=_anonymous(session_id, anonymous_id),
-            traits=_copy(traits),
+            traits=traits,
             timestamp=timestamp,
-            context=_copy(context),
-            integrations=_copy(integrations),
+            context=context,
+            integrations=integrations,
             message_id=message_id,
         )
 
@@ -134,10 +135,10 @@ class Client:
             user_id=user_id,
             anonymous_id=_anonymous(session_id, anonymous_id),
             event=event,
-            properties=_copy(properties),
+            properties=properties,
             timestamp=timestamp,
-            context=_copy(context),
-            integrations=_copy(integrations),
+            context=context,
+            integrations=integrations,
             message_id=message_id,
         )
 
@@ -160,10 +161,10 @@ class Client:
             user_id=user_id,
             anonymous_id=_anonymous(session_id, anonymous_id),
             group_id=group_id,
-            traits=_copy(traits),
+            traits=traits,
             timestamp=timestamp,
-            context=_copy(context),
-            integrations=_copy(integrations),
+            context=context,
+            integrations=integrations,
             message_id=message_id,
         )
 
@@ -183,8 +184,8 @@ class Client:
             user_id=user_id,
             previous_id=previous_id,
             timestamp=timestamp,
-            context=_copy(context),
-            integrations=_copy(integrations),
+            context=context,
+            integrations=integrations,
             message_id=message_id,
         )
 
@@ -209,10 +210,10 @@ class Client:
             anonymous_id=_anonymous(session_id, anonymous_id),
             category=category,
             name=name,
-            properties=_copy(properties),
+            properties=properties,
             timestamp=timestamp,
-            context=_copy(context),
-            integrations=_copy(integrations),
+            context=context,
+            integrations=integrations,
             message_id=message_id,
         )
 
@@ -237,14 +238,17 @@ class Client:
             anonymous_id=_anonymous(session_id, anonymous_id),
             category=category,
             name=name,
-            properties=_copy(properties),
+            properties=properties,
             timestamp=timestamp,
-            context=_copy(context),
-            integrations=_copy(integrations),
+            context=context,
+            integrations=integrations,
             message_id=message_id,
         )
 
     def _enqueue(self, kind: str, **fields: Any) -> Optional[str]:
+        for name in _MUTABLE_FIELDS:  # what the caller changes afterwards is not sent
+            if fields.get(name) is not None:
+                fields[name] = _snapshot(fields[name])
         message = build_message(kind, **fields)  # raises InvalidMessage (a ValueError)
         try:
             data = encode(message)
