@@ -15,8 +15,8 @@ whose cost must not change), the counters, the lock, the close deadline and the
 fork handling with the in-memory pipeline, and differs in what the worker does
 each time it wakes and in what ``flush``, ``persist``, ``close`` and ``stats``
 wait for or report. :class:`SpooledPipeline` overrides those steps (the hooks
-named in :mod:`segmentio_logging._worker`); ``Pipeline(..., spool=spool)``
-builds one, so callers never name this class.
+named in :mod:`segmentio_logging._worker`); ``make_pipeline`` builds one
+when ``spool_path`` is set.
 """
 
 from __future__ import annotations

@@ -513,7 +513,7 @@ class TestHotPath:
         )
         assert persist(handler)  # the worker has opened its file
         pipeline = handler._pipeline
-        assert isinstance(pipeline, SpooledPipeline)  # what Pipeline(spool=...) builds
+        assert isinstance(pipeline, SpooledPipeline)  # what spool_path builds
         spool = pipeline._spool
         threads: List[str] = []
         original = spool.append
