@@ -45,17 +45,28 @@ SINGLE_CALL_PATHS = {
 class Reply:
     """How the collector answers one request.
 
-    ``delay`` waits before answering; ``reset`` closes the connection with a
-    TCP reset instead of answering; ``hang`` keeps it open without an answer
-    until the collector stops (or :meth:`LocalCollector.release_hangs`).
+    ``body`` defaults to ``{"success":true}`` for a 2xx status and to an error
+    object naming the status otherwise. ``delay`` waits before answering;
+    ``reset`` closes the connection with a TCP reset instead of answering;
+    ``hang`` keeps it open without an answer until the collector stops (or
+    :meth:`LocalCollector.release_hangs`).
     """
 
     status: int = 200
-    body: str = '{"success":true}'
+    body: Optional[str] = None
     headers: Dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     reset: bool = False
     hang: bool = False
+
+    @property
+    def text(self) -> str:
+        """The body sent: ``body``, or the default for the status."""
+        if self.body is not None:
+            return self.body
+        if 200 <= self.status < 300:
+            return '{"success":true}'
+        return json.dumps({"error": f"HTTP {self.status}"}, separators=(",", ":"))
 
     @classmethod
     def retry_after(cls, seconds: float, status: int = 429, *, http_date: bool = False) -> Reply:
@@ -156,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.reset:
             self._reset()
             return
-        payload = reply.body.encode("utf-8")
+        payload = reply.text.encode("utf-8")
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json")

@@ -344,3 +344,11 @@ class TestLifecycle:
         with LocalCollector() as receiver:
             post(receiver, batch("a"))
         receiver.stop()
+
+
+class TestReplyBody:
+    def test_default_body_follows_the_status(self) -> None:
+        """A reply without a body says success for 2xx and names the status otherwise."""
+        assert Reply().text == '{"success":true}'
+        assert Reply(status=400).text == '{"error":"HTTP 400"}'
+        assert Reply(status=400, body="nope").text == "nope"
