@@ -756,9 +756,18 @@ class RecordMapper:
         copies: Optional[Dict[str, Any]] = None
         for attr in self._mutable_attrs:
             value = attrs.get(attr)
-            if value is not None and type(value) not in _SCALARS:
-                if copies is None:
-                    copies = {}
+            if value is None or type(value) in _SCALARS:
+                continue
+            if copies is None:
+                copies = {}
+            if type(value) is dict:  # _snapshot's common case, without the call
+                for item in value.values():
+                    if type(item) not in _SCALARS:
+                        copies[attr] = _copy_tree(value, {}, 0)
+                        break
+                else:
+                    copies[attr] = value.copy()
+            else:
                 copies[attr] = _snapshot(value)
         text: Optional[str] = None
         if record.args or type(record.msg) is not str:
