@@ -75,6 +75,11 @@ def _anonymous(session_id: Any, anonymous_id: Any) -> Any:
     return anonymous_id
 
 
+def _message_of(item: Any) -> Any:
+    """What callbacks get of a queued item: its message (items are (message, bytes))."""
+    return item[0] if isinstance(item, tuple) else item
+
+
 class Client:
     """A Segment client with its own queue, worker and connection pool.
 
@@ -85,7 +90,7 @@ class Client:
 
     def __init__(self, write_key: Optional[str] = None, **options: Any) -> None:
         self.options = resolve_options({"write_key": write_key, **options})
-        self._pipeline = make_pipeline(self.options)
+        self._pipeline = make_pipeline(self.options, describe=_message_of)
 
     def __repr__(self) -> str:
         return f"<Client host={self.options.host!r} {self._pipeline!r}>"

@@ -59,7 +59,7 @@ class SegmentHandler(logging.Handler):
         super().__init__(level)
         self.options = resolved
         self._mapper = mapper
-        self._pipeline = make_pipeline(self.options, self._prepare, mapper.describe)
+        self._pipeline = make_pipeline(self.options, self._prepare, self._describe)
         self._count_lock = threading.Lock()
         self._skipped = 0
         self._ignored = 0
@@ -74,6 +74,12 @@ class SegmentHandler(logging.Handler):
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
         return f"<SegmentHandler {self.options.host} ({level})>"
+
+    def _describe(self, item: Any) -> Dict[str, Any]:
+        """What on_failure gets of a record it will not send: its fields by name."""
+        if isinstance(item, logging.LogRecord):  # it broke before it could be captured
+            return {"logger": item.name, "created": item.created, "text": _safe_str(item.msg)}
+        return self._mapper.describe(item)
 
     def _prepare(self, captured: Captured) -> Tuple[Dict[str, Any], bytes]:
         message = self._mapper.build(captured)

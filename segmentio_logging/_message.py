@@ -13,7 +13,6 @@ import enum
 import json
 import logging
 import math
-import os
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal
@@ -103,9 +102,7 @@ class _MessageIds:
 
 _ids = _MessageIds()
 new_message_id = _ids.next
-reset_message_ids = _ids.reset  # the worker calls it in a forked child
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_ids.reset)
+reset_message_ids = _ids.reset  # _worker calls it in a forked child, with every other reset
 
 
 # --------------------------------------------------------------------------- time
@@ -551,7 +548,9 @@ def _snapshot(value: Any) -> Any:
     if kind in _SCALARS:
         return value
     if not isinstance(value, _CONTAINERS):
-        return _copy_leaf(value, {}, 0)
+        # A mapping is copied into a dict; other objects (a dataclass given as
+        # ``properties``, say) are left for validation to refuse.
+        return _copy_leaf(value, {}, 0) if isinstance(value, Mapping) else value
     if kind is dict and isinstance(value, dict):
         for item in value.values():
             if type(item) not in _SCALARS:
@@ -576,15 +575,25 @@ def _copy_leaf(value: Any, memo: Dict[int, Any], depth: int) -> Any:
         return _copy_tree(value, memo, depth)
     if type(value) in _IMMUTABLE or isinstance(value, enum.Enum):
         return value
+    done = memo.get(id(value))  # keyed by the original, which lives through the copy
+    if done is not None:
+        return done
     try:
         if isinstance(value, Mapping):
-            return _copy_tree(dict(value.items()), memo, depth)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            fields = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
-            return _copy_tree(fields, memo, depth)
+            pairs = list(value.items())
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            pairs = [(f.name, getattr(value, f.name, None)) for f in dataclasses.fields(value)]
+        else:
+            return value
     except Exception:  # a mapping that fails to iterate: left for the encoder to convert
         return value
-    return value
+    if depth >= MAX_DEPTH:
+        return "<too deep>"
+    mapping: Dict[Any, Any] = {}
+    memo[id(value)] = mapping
+    for key, item in pairs:
+        mapping[key] = item if type(item) in _SCALARS else _copy_leaf(item, memo, depth + 1)
+    return mapping
 
 
 def _copy_tree(value: Any, memo: Dict[int, Any], depth: int) -> Any:
@@ -630,7 +639,7 @@ def _plain_track(
     """The common case built directly: string ids and event, a dict of properties or none.
 
     The same message as :func:`build_message` makes, key for key; ``None`` when the
-    capture needs the general path (which also gives the errors).
+    values need the general path (which also gives the errors).
     """
     if (uid is not None and type(uid) is not str) or (aid is not None and type(aid) is not str):
         return None

@@ -219,6 +219,7 @@ class SpooledPipeline(Pipeline):
             if sender.is_alive():
                 return  # still in a request: its files stay locked until the process ends
         self._close_spool()
+        self.transport.close()
 
     def _open_spool(self) -> None:
         """Open the spool and claim orphans, or fall back to memory for good."""
@@ -339,16 +340,25 @@ class SpooledPipeline(Pipeline):
             outcomes = self._deliver([data for _, data in rows])
             kept: Optional[DeliveryError] = None
             kept_count = 0
+            stuck = 0
             for start, end, outcome in outcomes:
                 if isinstance(outcome, DeliveryError) and not _refused_for_good(outcome):
                     kept, kept_count = outcome, kept_count + end - start
                     with self._lock:
                         self._retried_requests += max(outcome.attempts - 1, 0)
                     continue
-                self._settle_spooled(rows[start:end], own, outcome)
-                backoff.outages = 0
+                left = self._settle_spooled(rows[start:end], own, outcome)
+                stuck += left
+                if not left:
+                    backoff.outages = 0
             if kept is not None:
                 self._note_outage(backoff, kept, kept_count)
+                return
+            if stuck:
+                # Rows sent but not removed: a bound deleted them meanwhile (harmless), or
+                # the spool failed to delete them and they would be read and sent again at
+                # once. Either way wait a backoff before the next read, so it cannot spin.
+                backoff.failed(self.flush_interval)
                 return
 
     def _read_batch(self, spool: Spool) -> Tuple[List[Tuple[SpoolKey, bytes]], Optional[int]]:
@@ -360,8 +370,9 @@ class SpooledPipeline(Pipeline):
         rows: Sequence[Tuple[SpoolKey, bytes]],
         own: Optional[int],
         outcome: Any,
-    ) -> None:
-        """Remove a delivered (or refused) slice from the spool, call back, then count.
+    ) -> int:
+        """Remove a delivered (or refused) slice from the spool, call back, then count;
+        how many of its rows could not be removed.
 
         A bound (``spool_max_bytes``, ``spool_max_age``) may have deleted some of
         these rows while they were in flight: :meth:`_spool_do` already counted
@@ -387,15 +398,19 @@ class SpooledPipeline(Pipeline):
             if settled and self.on_success is not None:
                 self._call(self.on_success, _decode(settled), outcome)
             self._settle(
-                delivered=own_removed, recovered=other_removed, retries=retries, batch=True
+                delivered=own_removed, recovered=other_removed, retries=retries, batch=bool(settled)
             )
         else:
             _report.warn(f"failed-{self._serial}", outcome.reason)
             if settled and self.on_failure is not None:
                 self._call(self.on_failure, _decode(settled), outcome)
             self._settle(
-                failed=own_removed, recovered_lost=other_removed, retries=retries, batch=True
+                failed=own_removed,
+                recovered_lost=other_removed,
+                retries=retries,
+                batch=bool(settled),
             )
+        return len(rows) - len(settled)
 
     def _note_outage(self, backoff: _Backoff, error: Optional[DeliveryError], count: int) -> None:
         """Events stay on disk: try again after a backoff, so that an outage does not spin."""

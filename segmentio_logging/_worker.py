@@ -8,9 +8,10 @@ lock: a ``deque`` append and a length check.
 This module holds events in memory only. With ``spool_path``,
 ``make_pipeline`` builds the disk-spool variant instead,
 :class:`~segmentio_logging._spooled.SpooledPipeline` (a subclass that overrides
-the worker's steps and the waits); the hooks it overrides are the
+the worker's steps and the waits); the steps meant for it are the
 ``_begin_work``, ``_work``, ``_end_work``, ``_release`` and ``_nothing_left``
-methods below.
+methods below, and it also extends the state, the counters, the waits
+(``flush``, ``persist``), closing and the fork reset.
 """
 
 from __future__ import annotations
@@ -263,7 +264,6 @@ class Pipeline:
                 if self._closed and not self._queue:
                     self._report_full()
                     self._end_work()
-                    self.transport.close()  # also when close() handed off (dictConfig)
                     return
             except Exception as exc:  # pragma: no cover - a dead worker would lose everything
                 _report.warn(f"worker-{self._serial}", f"worker error {type(exc).__name__}: {exc}")
@@ -276,7 +276,9 @@ class Pipeline:
         self._drain()
 
     def _end_work(self) -> None:
-        """On the worker, once, when closed and the queue is empty."""
+        """On the worker, once, when closed and the queue is empty: close idle sockets
+        (also when close() handed the end to the worker, as under dictConfig)."""
+        self.transport.close()
 
     def _take(self, limit: Optional[int] = None) -> List[Any]:
         queue = self._queue
@@ -392,7 +394,7 @@ class Pipeline:
             return
         try:
             data = [self.describe(item) for item in items]
-        except Exception:  # pragma: no cover - describing must not lose the report
+        except Exception:  # describing must not lose the report
             data = list(items)
         self._call(self.on_failure, data, error)
 
@@ -478,11 +480,10 @@ class Pipeline:
                 self._start()
 
     def persist(self, timeout: Optional[float] = None) -> bool:
-        """Wait until everything queued before the call is in the spool (or settled).
+        """Wait until everything queued before the call is safe from a killed process.
 
-        True then: the events survive the process being killed from now on. False
-        at the timeout. Without a spool (or when it could not be opened) this is
-        :meth:`flush`: nothing is safe before it was delivered.
+        In memory nothing is safe before it was delivered, so this is :meth:`flush`;
+        the spool mode overrides it to mean "on disk". False at the timeout.
         """
         return self.flush(timeout)
 
@@ -523,9 +524,9 @@ class Pipeline:
             if thread.is_alive():
                 # Stuck in a request the receiver does not answer: what is still queued
                 # will not be sent before exit. Say so now rather than never.
-                swept = self._sweep_queue("still queued at the close deadline: not sent")
-                with self._lock:
-                    in_flight = self._taken - self._settled() - swept
+                self._sweep_queue("still queued at the close deadline: not sent")
+                with self._lock:  # the swept ones are settled (dropped) by now
+                    in_flight = self._taken - self._settled()
                 if in_flight > 0:
                     _report.warn(
                         f"in-flight-{self._serial}",

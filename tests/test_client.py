@@ -311,6 +311,18 @@ class TestClients:
         assert first.stats()["dropped"] == 1
         assert second.stats()["delivered"] == 2
 
+    def test_a_call_after_shutdown_reaches_on_failure_as_its_message(
+        self, make_client: Any
+    ) -> None:
+        """on_failure gets the message dict of a call made after shutdown."""
+        failures: List[Any] = []
+        client = make_client(on_failure=lambda data, error: failures.append((data, error)))
+        client.shutdown(timeout=2)
+        assert client.track(user_id="u", event="Late") is None
+        [(data, error)] = failures
+        assert type(error).__name__ == "ClosedError"
+        assert [m["event"] for m in data] == ["Late"]
+
     def test_shutdown_is_idempotent(self, make_client: Any, collector: LocalCollector) -> None:
         """shutdown delivers what is queued and may be called twice."""
         client = make_client(flush_interval=30)

@@ -634,3 +634,16 @@ class TestFailureData:
         [fields] = data
         assert fields["user_id"] == "u1" and fields["timestamp"] == "yesterday"
         assert fields["text"] == "Bought"
+
+    def test_a_record_that_broke_before_capture_is_described(
+        self, make_handler: Any, logger: logging.Logger
+    ) -> None:
+        """When a filter raises, on_failure gets the record's logger, time and message."""
+        failures: List[Tuple[List[Any], Exception]] = []
+        handler = make_handler(on_failure=lambda data, error: failures.append((data, error)))
+        handler.addFilter(BrokenFilter())
+        logger.handlers[:] = [handler]
+        logger.info("Bought", extra={"user_id": "u1"})
+        [(data, error)] = failures
+        assert "a filter raised" in str(error)
+        assert data == [{"logger": logger.name, "created": data[0]["created"], "text": "Bought"}]

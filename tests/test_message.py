@@ -786,6 +786,40 @@ class TestRecordMapper:
         message = json.loads(encode(mapper.build(captured)))
         assert message["properties"] == {"cart": {"items": ["a"]}, "plan": {"plan": "free"}}
 
+    def test_snapshot_keeps_side_by_side_objects_apart(self) -> None:
+        """Several mappings and dataclasses in one record are each copied as themselves."""
+        import collections
+
+        @dataclasses.dataclass
+        class Item:
+            sku: str
+
+        properties = {
+            "a": collections.UserDict({"x": 1}),
+            "b": collections.UserDict({"y": 2}),
+            "items": [Item("A"), Item("B"), Item("C")],
+        }
+        mapper = RecordMapper()
+        captured = mapper.capture(make_record(user_id="u", event="E", properties=properties))
+        message = json.loads(encode(mapper.build(captured)))
+        assert message["properties"] == {
+            "a": {"x": 1},
+            "b": {"y": 2},
+            "items": [{"sku": "A"}, {"sku": "B"}, {"sku": "C"}],
+        }
+
+    def test_a_dataclass_as_properties_is_refused(self) -> None:
+        """properties must be a dict (or a mapping): a dataclass there is refused, not converted."""
+
+        @dataclasses.dataclass
+        class Plan:
+            name: str
+
+        mapper = RecordMapper()
+        captured = mapper.capture(make_record(user_id="u", event="E", properties=Plan("pro")))
+        with pytest.raises(InvalidMessage, match="properties must be a dict"):
+            mapper.build(captured)
+
     def test_snapshot_at_capture(self) -> None:
         """Mutating properties, a nested dict or list, or context after capture changes nothing."""
         nested = {"tags": ["a"], "inner": {"k": 1}}

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -564,3 +565,30 @@ class TestFork:
         assert child_files - parent_file  # the child had a file of its own
         expected = {f"{who}-{i}": 1 for who in ("parent", "child") for i in range(5)}
         assert ids(collector) == Counter(expected)
+
+
+class TestRemoveFailure:
+    def test_a_batch_the_spool_cannot_remove_is_resent_with_a_backoff(
+        self, tmp_path: Path, collector: LocalCollector, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A delivered batch the spool fails to delete is sent again after a growing wait,
+        not in a tight loop."""
+
+        def refuse(self: Spool, file: Any, row_ids: List[int]) -> int:
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(Spool, "_delete", refuse)
+        handler = SegmentHandler(
+            "k", host=collector.url, spool_path=str(tmp_path), flush_interval=0.05
+        )
+        log = logging.getLogger("tests.spool.remove_failure")
+        log.propagate = False
+        log.setLevel(logging.INFO)
+        log.handlers[:] = [handler]
+        try:
+            log.info("Saved", extra={"user_id": "u"})
+            assert collector.wait_for_requests(2, timeout=5)
+            # Backing off from 0.05 s and doubling, ten requests take far longer than this.
+            assert not collector.wait_for_requests(10, timeout=1.5)
+        finally:
+            handler.close()

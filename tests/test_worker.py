@@ -655,7 +655,11 @@ class TestForkWithoutHooks:
 
 class TestCloseBehindAHungRequest:
     def test_queued_messages_are_reported_at_the_deadline(
-        self, make_handler: Any, collector: LocalCollector, logger: logging.Logger
+        self,
+        make_handler: Any,
+        collector: LocalCollector,
+        logger: logging.Logger,
+        capfd: pytest.CaptureFixture[str],
     ) -> None:
         """When close() times out behind a request that never answers, what is still queued
         is reported to on_failure and counted as dropped, not left unsaid."""
@@ -678,4 +682,5 @@ class TestCloseBehindAHungRequest:
         counts = handler.stats()
         assert counts["dropped"] == 20 and counts["pending"] == 1
         assert counts["enqueued"] == 21
+        assert "1 message in a request the receiver had not answered" in capfd.readouterr().err
         collector.release_hangs()
