@@ -251,6 +251,9 @@ class Client:
         )
 
     def _enqueue(self, kind: str, **fields: Any) -> Optional[str]:
+        # Before the message gets its messageId: in a child forked without Python's
+        # fork hooks, this is where the ids (and the pipeline) start afresh.
+        self._pipeline._check_fork()
         for name in _MUTABLE_FIELDS:  # what the caller changes afterwards is not sent
             if fields.get(name) is not None:
                 fields[name] = _snapshot(fields[name])
