@@ -27,12 +27,11 @@ OWN_LOGGERS = frozenset({"urllib3", "segmentio_logging"})
 _own_names: Dict[str, bool] = {}
 
 
-def _is_own(name: str) -> bool:
-    own = _own_names.get(name)
-    if own is None:
-        own = name.partition(".")[0] in OWN_LOGGERS
-        if len(_own_names) < 10_000:  # logger names are few; a bound all the same
-            _own_names[name] = own
+def _learn_own(name: str) -> bool:
+    """Whether logger ``name`` is one of OWN_LOGGERS, remembered in ``_own_names``."""
+    own = name.partition(".")[0] in OWN_LOGGERS
+    if len(_own_names) < 10_000:  # logger names are few; a bound all the same
+        _own_names[name] = own
     return own
 
 
@@ -122,7 +121,7 @@ class SegmentHandler(logging.Handler):
     def _emit(self, record: logging.LogRecord) -> None:
         try:
             own = _own_names.get(record.name)
-            if own or (own is None and _is_own(record.name)):
+            if own or (own is None and _learn_own(record.name)):
                 self._count_ignored()
                 return
             if record.args or type(record.msg) is not str:

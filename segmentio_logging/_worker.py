@@ -555,8 +555,8 @@ class Pipeline:
             return
         self._sweep_queue("still queued at close: not sent")
 
-    def _sweep_queue(self, why: str) -> int:
-        """Settle what is still queued as dropped, reported with ``why``; how many."""
+    def _sweep_queue(self, why: str) -> None:
+        """Settle what is still queued as dropped, reported with ``why``."""
         with self._lock:
             left = list(self._queue)
             self._queue.clear()
@@ -567,7 +567,6 @@ class Pipeline:
             _report.warn(f"swept-{self._serial}", error.reason)
             self._refused(left, error)
             self._settle(dropped=len(left))
-        return len(left)
 
     # ------------------------------------------------------------------ fork, stats
 
