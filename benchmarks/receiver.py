@@ -21,7 +21,13 @@ import sys
 import threading
 import time
 import zlib
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
+
+try:  # about five times faster than json.loads on a batch: the receiver keeps up
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - the bench extra installs it
+    _loads = json.loads
+loads: Callable[[bytes], Any] = _loads
 
 OK_BODY = b'{"success":true}'
 OK = (
@@ -98,7 +104,7 @@ def _serve_connection(conn: socket.socket, counters: Counters) -> None:
                 try:
                     if gzipped:
                         body = zlib.decompress(body, 47)  # gzip or zlib header
-                    batch = json.loads(body)["batch"]
+                    batch = loads(body)["batch"]
                 except Exception as exc:
                     conn.sendall(_reply("400 Bad Request", json.dumps(str(exc)).encode()))
                     continue

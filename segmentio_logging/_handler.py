@@ -11,12 +11,12 @@ import logging
 import logging.handlers
 import threading
 import weakref
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
 from ._client import make_pipeline
 from ._context import bound_identity
 from ._errors import InvalidMessage
-from ._message import Captured, RecordMapper, _safe_str, encode
+from ._message import RecordMapper, _safe_str
 from ._options import resolve_options
 from ._worker import before_close_all, busy_threads, marked_busy, on_fork_in_child
 
@@ -58,7 +58,7 @@ class SegmentHandler(logging.Handler):
         super().__init__(level)
         self.options = resolved
         self._mapper = mapper
-        self._pipeline = make_pipeline(self.options, self._prepare, self._describe)
+        self._pipeline = make_pipeline(self.options, mapper.prepare, self._describe)
         self._count_lock = threading.Lock()
         self._skipped = 0
         self._ignored = 0
@@ -79,10 +79,6 @@ class SegmentHandler(logging.Handler):
         if isinstance(item, logging.LogRecord):  # it broke before it could be captured
             return {"logger": item.name, "created": item.created, "text": _safe_str(item.msg)}
         return self._mapper.describe(item)
-
-    def _prepare(self, captured: Captured) -> Tuple[Dict[str, Any], bytes]:
-        message = self._mapper.build(captured)
-        return message, encode(message)
 
     def handle(self, record: logging.LogRecord) -> Any:
         """Filter and emit ``record``; never raises into the application.

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Mapping
 from decimal import Decimal
 from itertools import count
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from ._errors import InvalidMessage, MessageTooLarge
 from ._version import __version__
@@ -390,8 +390,13 @@ try:  # the ``fast`` extra: about eight times faster than the standard library h
     # Datetimes and dataclasses go through _convert, as on the standard library path.
     _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
     FAST_JSON: Optional[Callable[[Mapping[str, Any]], Optional[bytes]]] = _fast_encode
+    # Without a ``default``: raises on anything but JSON's own types, and so never calls
+    # user code. The handler snapshots plain properties with it on the caller's thread.
+    PLAIN_JSON: Optional[Callable[..., bytes]] = orjson.dumps
 except ImportError:  # pragma: no cover - depends on the environment
     FAST_JSON = None
+    PLAIN_JSON = None
+    _ORJSON_OPTIONS = 0
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
@@ -410,6 +415,10 @@ def encode(message: Mapping[str, Any]) -> bytes:
             # Lone surrogates, which UTF-8 cannot carry; they only occur inside JSON strings,
             # where backslashreplace writes exactly the JSON escape: \ud800.
             data = text.encode("utf-8", "backslashreplace")
+    return _checked_size(data)
+
+
+def _checked_size(data: bytes) -> bytes:
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageTooLarge(
             f"message is {len(data):,} bytes, over Segment's 32 KB limit "
@@ -662,14 +671,58 @@ def _plain_track(
     return message
 
 
+# What follows "properties" in every plain track message, up to the timestamp's value.
+_TRACK_CONTEXT = (
+    b',"context":{"library":'
+    + json.dumps({"name": LIBRARY_NAME, "version": __version__}, separators=(",", ":")).encode()
+    + b'},"timestamp":"'
+)
+
+
+def _plain_track_json(
+    uid: Optional[str], aid: Optional[str], event: str, properties: bytes, created: float
+) -> Optional[bytes]:
+    """The JSON of the message :func:`_plain_track` builds, key for key, spliced around
+    ``properties`` already encoded by ``PLAIN_JSON``; ``None`` when a string needs the
+    general encoder (lone surrogates)."""
+    quote = PLAIN_JSON
+    if quote is None:
+        return None
+    try:
+        event_json = quote(event)
+        uid_json = quote(uid) if uid else b""
+        aid_json = quote(aid) if aid else b""
+    except Exception:
+        return None
+    timestamp = format_timestamp(created)
+    return b"".join(
+        (
+            b'{"type":"track"',
+            b',"userId":' if uid else b"",
+            uid_json,
+            b',"anonymousId":' if aid else b"",
+            aid_json,
+            b',"event":',
+            event_json,
+            b',"properties":',
+            properties,
+            _TRACK_CONTEXT,
+            timestamp.encode(),
+            b'","messageId":"',
+            new_message_id().encode(),
+            b'"}',
+        )
+    )
+
+
 def _absent(value: Any) -> bool:
     """No id: ``None`` or an empty string (0 is an id)."""
     return value is None or (isinstance(value, str) and not value)
 
 
-# What capture() keeps: (fields, user id, anonymous id, copies of the mutable fields,
-# formatted text, other attributes, bound identity, record time).
-Captured = Tuple[
+# What capture() keeps of most records: (fields, user id, anonymous id, copies of the
+# mutable fields, formatted text, other attributes, bound identity, record time).
+GeneralCapture = Tuple[
     Mapping[str, Any],
     Any,
     Any,
@@ -679,6 +732,11 @@ Captured = Tuple[
     Optional[Mapping[str, Any]],
     float,
 ]
+# ... and of a plain track: (user id, anonymous id, event, properties, record time), the
+# properties as JSON bytes when orjson is there (else a copy). Only strings, bytes and a
+# float: the garbage collector stops scanning such a tuple, however many are queued.
+TrackCapture = Tuple[Optional[str], Optional[str], str, Union[bytes, Dict[str, Any], None], float]
+Captured = Union[GeneralCapture, TrackCapture]
 
 # Fields whose values are usually containers the caller may go on mutating.
 _MUTABLE_FIELDS = ("properties", "traits", "context", "integrations")
@@ -762,6 +820,10 @@ class RecordMapper:
                 aid = bound.get("anonymous_id")
         if (uid is None or uid == "") and (aid is None or aid == ""):
             return None
+        if bound is None and not self._capture_extra:
+            track = self._capture_track(record, attrs, uid, aid)
+            if track is not None:
+                return track
         copies: Optional[Dict[str, Any]] = None
         for attr in self._mutable_attrs:
             value = attrs.get(attr)
@@ -800,8 +862,62 @@ class RecordMapper:
             fields = kept
         return (fields, uid, aid, copies, text, extra or None, bound, record.created)
 
+    def _capture_track(
+        self, record: logging.LogRecord, attrs: Dict[str, Any], uid: Any, aid: Any
+    ) -> Optional[TrackCapture]:
+        """The capture of a plain track record (string ids and event, a dict of properties
+        or none, no other reserved field), else ``None``. Snapshots the properties as JSON
+        when they hold only JSON's own types: one call, and nothing the collector scans."""
+        if (uid is not None and type(uid) is not str) or (aid is not None and type(aid) is not str):
+            return None
+        if not attrs.keys().isdisjoint(self._general_attrs):
+            return None
+        event = attrs.get(self._event_attr)
+        if event is None:
+            event = record.msg
+            if record.args or type(event) is not str:
+                try:
+                    event = record.getMessage()
+                except Exception:
+                    event = _safe_str(record.msg)  # as the general path does
+        if type(event) is not str or not event:
+            return None
+        properties = attrs.get(self._properties_attr)
+        kept: Union[bytes, Dict[str, Any], None]
+        if type(properties) is not dict:
+            if properties is not None:
+                return None
+            kept = b"{}" if PLAIN_JSON is not None else None
+        elif PLAIN_JSON is not None:
+            try:
+                kept = PLAIN_JSON(properties, option=_ORJSON_OPTIONS)
+            except Exception:  # not only JSON's own types: the general path converts them
+                return None
+        else:
+            kept = _snapshot(properties)
+        return (uid, aid, event, kept, record.created)
+
+    def prepare(self, item: Captured) -> Tuple[Optional[Dict[str, Any]], bytes]:
+        """The message for a capture and its JSON, checked against the 32 KB limit.
+
+        For a plain track whose properties are already JSON the message is only
+        spliced as bytes: its dict is ``None`` (made from the bytes if a callback
+        asks). Raises :class:`InvalidMessage` (or :class:`MessageTooLarge`).
+        """
+        if len(item) == 5:
+            uid, aid, event, properties, created = item
+            if type(properties) is bytes:
+                data = _plain_track_json(uid, aid, event, properties, created)
+                if data is not None:
+                    return None, _checked_size(data)
+        message = self.build(item)
+        return message, encode(message)
+
     def build(self, item: Captured) -> Dict[str, Any]:
         """The message for a capture; raises :class:`InvalidMessage`."""
+        if len(item) == 5:
+            message = _plain_track(*self._track_fields(item))
+            return message if message is not None else self.build_captured(self.describe(item))
         fields, uid, aid, copies, text, extra, bound, created = item
         if bound is None and extra is None and fields.keys().isdisjoint(self._general_attrs):
             # A plain track (the common case): built without the general path's dict.
@@ -816,10 +932,29 @@ class RecordMapper:
                 return message
         return self.build_captured(self.describe(item))
 
+    @staticmethod
+    def _track_fields(
+        item: TrackCapture,
+    ) -> Tuple[Optional[str], Optional[str], str, Optional[Dict[str, Any]], float]:
+        """A plain track capture with its properties as a dict again."""
+        uid, aid, event, properties, created = item
+        if type(properties) is bytes:
+            return uid, aid, event, json.loads(properties), created
+        return item  # type: ignore[return-value]
+
     def describe(self, item: Captured) -> Dict[str, Any]:
         """A capture's fields by their reserved names (``user_id``, ``event``, ``properties``...),
         plus ``created`` and the formatted ``text``: what callbacks see of a record that
         could not become a message."""
+        if len(item) == 5:
+            uid, aid, event, properties, created = self._track_fields(item)
+            return {
+                "user_id": uid,
+                "anonymous_id": aid,
+                "created": created,
+                "event": event,
+                "properties": properties,
+            }
         fields, uid, aid, copies, text, extra, bound, created = item
         captured: Dict[str, Any] = {"user_id": uid, "anonymous_id": aid, "created": created}
         for key, attr in self._attrs:

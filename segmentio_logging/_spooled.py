@@ -254,7 +254,7 @@ class SpooledPipeline(Pipeline):
             items = self._take(max(self.batch_size, SPOOL_CHUNK))
             if not items:
                 return
-            messages: List[Dict[str, Any]] = []
+            messages: List[Optional[Dict[str, Any]]] = []
             parts: List[bytes] = []
             for item in items:
                 prepared = self._prepare_one(item)
@@ -282,7 +282,7 @@ class SpooledPipeline(Pipeline):
         self._own_on_disk += len(keys)  # a bound may have dropped some: _spool_do counts them
         return len(keys)
 
-    def _send_cut(self, messages: List[Dict[str, Any]], parts: List[bytes]) -> None:
+    def _send_cut(self, messages: List[Optional[Dict[str, Any]]], parts: List[bytes]) -> None:
         """Deliver from memory, cut by bytes (the spool could not take these)."""
         start, size = 0, 0
         for index, data in enumerate(parts):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import logging
 import math
 import os
@@ -44,8 +45,10 @@ from ._errors import ClosedError, DeliveryError, InvalidMessage, QueueFull, Segm
 from ._message import MAX_BATCH_BYTES, envelope_size, reset_message_ids
 from ._transport import Deadline, Outcome, Response, Transport
 
-# An item becomes its message and the message's encoded bytes.
-Prepare = Callable[[Any], Tuple[Dict[str, Any], bytes]]
+# An item becomes its message and the message's encoded bytes. The message may be None
+# when only the bytes were made; the callbacks then get it decoded from the bytes.
+Prepared = Tuple[Optional[Dict[str, Any]], bytes]
+Prepare = Callable[[Any], Prepared]
 Callback = Callable[[Any, Any], Any]
 
 # The threads whose log records the handler ignores: workers (urllib3 logs each
@@ -79,8 +82,16 @@ _serials = itertools.count(1)
 CLOSE_GRACE = 1.0
 
 
-def _prepared(item: Any) -> Tuple[Dict[str, Any], bytes]:
+def _prepared(item: Any) -> Prepared:
     return item  # type: ignore[no-any-return]
+
+
+def messages_of(messages: List[Optional[Dict[str, Any]]], parts: List[bytes]) -> List[Any]:
+    """The messages for a callback: those only encoded are decoded from their bytes."""
+    return [
+        message if message is not None else json.loads(data)
+        for message, data in zip(messages, parts)
+    ]
 
 
 def _same(item: Any) -> Any:
@@ -142,6 +153,8 @@ class Pipeline:
         self._lock = threading.Lock()
         self._settled_cond = threading.Condition(self._lock)
         self._wake = threading.Event()
+        # Whether a caller already woke the worker for a full batch: one plain read per put.
+        self._woken = False
         self._deadline = Deadline()
         self._thread: Optional[threading.Thread] = None
         self._inline = self.sync_mode
@@ -175,7 +188,8 @@ class Pipeline:
         queue.append(item)
         if self._thread is None:
             self._start()
-        elif size + 1 >= self.batch_size and not self._wake.is_set():
+        elif size + 1 >= self.batch_size and not self._woken:
+            self._woken = True
             self._wake.set()
         if self._closed:  # closed while we appended: settle it here
             self._sweep_after_close()
@@ -259,6 +273,7 @@ class Pipeline:
             try:
                 self._wake.wait(self.flush_interval)
                 self._wake.clear()
+                self._woken = False  # after the clear: a wake in between is kept, not lost
                 self._report_full()
                 self._work()
                 if self._closed and not self._queue:
@@ -296,29 +311,35 @@ class Pipeline:
             self._process(items)
             self._report_full()  # between batches: a slow receiver must not delay the report
 
-    def _prepare_one(self, item: Any) -> Optional[Tuple[Dict[str, Any], bytes]]:
+    def _prepare_one(self, item: Any) -> Optional[Prepared]:
         """The item's message and bytes; None (reported) when it cannot become one."""
         try:
             return self.prepare(item)
-        except SegmentError as error:
-            self._refused([item], error)
-        except Exception as exc:  # a bug or a hostile object: report, never stop
+        except Exception as exc:
+            self._refuse_prepared(item, exc)
+        return None
+
+    def _refuse_prepared(self, item: Any, exc: Exception) -> None:
+        if isinstance(exc, SegmentError):
+            self._refused([item], exc)
+        else:  # a bug or a hostile object: report, never stop
             reason = f"could not build the message: {type(exc).__name__}: {exc}"
             self._refused([item], InvalidMessage(reason))
-        return None
 
     def _process(self, items: List[Any]) -> None:
         """Prepare, encode, cut by bytes and deliver ``items``; settle each one."""
-        messages: List[Dict[str, Any]] = []
+        messages: List[Optional[Dict[str, Any]]] = []
         parts: List[bytes] = []
         size = 0
         dropped = 0
+        prepare = self.prepare
         for item in items:
-            prepared = self._prepare_one(item)
-            if prepared is None:
+            try:
+                message, data = prepare(item)
+            except Exception as exc:
+                self._refuse_prepared(item, exc)
                 dropped += 1
                 continue
-            message, data = prepared
             if parts and size + len(data) + 1 > self._max_bytes:
                 self._send(messages, parts)
                 messages, parts, size = [], [], 0
@@ -345,18 +366,21 @@ class Pipeline:
             )
             return [(0, count, error)]
 
-    def _send(self, messages: List[Dict[str, Any]], parts: List[bytes]) -> None:
+    def _send(self, messages: List[Optional[Dict[str, Any]]], parts: List[bytes]) -> None:
         outcomes = self._deliver(parts)
         # Callbacks first, counts second: once flush() returns, the callbacks have run.
         for start, end, outcome in outcomes:
-            data = messages[start:end]
             retries = max(outcome.attempts - 1, 0)
             if isinstance(outcome, Response):
-                self._call(self.on_success, data, outcome)
+                if self.on_success is not None:
+                    data = messages_of(messages[start:end], parts[start:end])
+                    self._call(self.on_success, data, outcome)
                 self._settle(delivered=end - start, retries=retries)
             else:
                 _report.warn(f"failed-{self._serial}", outcome.reason)
-                self._call(self.on_failure, data, outcome)
+                if self.on_failure is not None:
+                    data = messages_of(messages[start:end], parts[start:end])
+                    self._call(self.on_failure, data, outcome)
                 self._settle(failed=end - start, retries=retries)
 
     def _settle(

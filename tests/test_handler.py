@@ -16,7 +16,13 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from segmentio_logging import Client, InvalidMessage, SegmentHandler, SegmentQueueListener
+from segmentio_logging import (
+    Client,
+    InvalidMessage,
+    MessageTooLarge,
+    SegmentHandler,
+    SegmentQueueListener,
+)
 from segmentio_logging.testing import LocalCollector, Reply
 
 # Targets for the dotted-path callback options below.
@@ -634,6 +640,41 @@ class TestFailureData:
         [fields] = data
         assert fields["user_id"] == "u1" and fields["timestamp"] == "yesterday"
         assert fields["text"] == "Bought"
+
+    def test_callbacks_get_the_messages_that_were_sent(
+        self, make_handler: Any, logger: logging.Logger, collector: LocalCollector
+    ) -> None:
+        """Messages sent as spliced JSON reach on_success and on_failure as dicts, as sent."""
+        successes: List[List[Any]] = []
+        failures: List[List[Any]] = []
+        handler = make_handler(
+            on_success=lambda data, response: successes.append(data),
+            on_failure=lambda data, error: failures.append(data),
+            max_retries=0,
+        )
+        logger.handlers[:] = [handler]
+        logger.info("Played", extra={"user_id": "u1", "properties": {"n": [1, 2]}})
+        assert handler.flush(5)
+        collector.script(Reply(400))
+        logger.info("Paused", extra={"anonymous_id": "a1"})
+        assert handler.flush(5)
+        [played], [paused] = (request.messages for request in collector.requests)
+        assert successes == [[played]] and failures == [[paused]]
+        assert played["properties"] == {"n": [1, 2]} and paused["properties"] == {}
+
+    def test_an_oversized_plain_track_is_reported_and_counted(
+        self, make_handler: Any, logger: logging.Logger, collector: LocalCollector
+    ) -> None:
+        """Over 32 KB: on_failure gets the record's fields and the size; nothing is sent."""
+        failures: List[Tuple[List[Any], Exception]] = []
+        handler = make_handler(on_failure=lambda data, error: failures.append((data, error)))
+        logger.handlers[:] = [handler]
+        logger.info("Uploaded", extra={"user_id": "u1", "properties": {"blob": "x" * 40_000}})
+        assert handler.flush(5)
+        [(data, error)] = failures
+        assert isinstance(error, MessageTooLarge) and "32 KB" in str(error)
+        assert data[0]["event"] == "Uploaded" and data[0]["properties"]["blob"] == "x" * 40_000
+        assert handler.stats()["dropped"] == 1 and collector.messages == []
 
     def test_a_record_that_broke_before_capture_is_described(
         self, make_handler: Any, logger: logging.Logger

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import gc
 import json
 import logging
 import math
@@ -41,15 +42,15 @@ ORJSON = _message.FAST_JSON  # the orjson encoder, or None without the ``fast`` 
 @pytest.fixture(autouse=True, scope="module", params=["stdlib-json", "orjson"])
 def json_backend(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run every test of this module with both encoders: the standard library and orjson."""
-    saved = _message.FAST_JSON
+    saved = _message.FAST_JSON, _message.PLAIN_JSON
     if request.param == "stdlib-json":
-        _message.FAST_JSON = None
-    elif saved is None:
+        _message.FAST_JSON = _message.PLAIN_JSON = None
+    elif saved[0] is None:
         pytest.skip("orjson is not installed")
     try:
         yield str(request.param)
     finally:
-        _message.FAST_JSON = saved
+        _message.FAST_JSON, _message.PLAIN_JSON = saved
 
 
 class TestJsonBackends:
@@ -106,11 +107,28 @@ def make_record(msg: Any = "Played a Song", *args: Any, **extra: Any) -> logging
 
 
 def mapped(record: logging.LogRecord, **options: Any) -> Dict[str, Any]:
-    """The message a default (or configured) mapper makes of ``record``."""
+    """The message a default (or configured) mapper makes of ``record``.
+
+    Also checks that what the worker sends (``prepare``, which may splice the JSON
+    without a dict) is that message's JSON, key for key and in the same order.
+    """
     mapper = RecordMapper(**options)
     captured = mapper.capture(record)
     assert captured is not None
-    return mapper.build(captured)
+    message = mapper.build(captured)
+    try:
+        expected = json.loads(encode(message))
+    except MessageTooLarge:
+        with pytest.raises(MessageTooLarge):
+            mapper.prepare(captured)
+        return message
+    prepared, data = mapper.prepare(captured)
+    sent = json.loads(data)
+    if prepared is not None:
+        assert json.loads(encode(prepared)) == sent
+    del sent["messageId"], expected["messageId"]  # a new one for each message
+    assert list(sent.items()) == list(expected.items())
+    return message
 
 
 def roundtrip(value: Any) -> Any:
@@ -914,6 +932,106 @@ class TestRecordMapper:
 
 _AWARE = dt.datetime(2026, 1, 2, 3, 4, 5, 123_456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
 _UUID = uuid.UUID("12345678-1234-5678-1234-567812345678")
+
+
+class TestPlainTrackCapture:
+    """The common record (string ids and event, plain properties) is captured compactly
+    and, with orjson, sent as JSON spliced on the worker without a dict."""
+
+    def test_captured_as_five_plain_values(self, json_backend: str) -> None:
+        """The capture keeps no reference to the record or its properties dict."""
+        properties = {"song": "A", "tags": ["x"], "n": 1.5}
+        record = make_record(user_id="u1", properties=properties)
+        captured = RecordMapper().capture(record)
+        assert captured is not None and len(captured) == 5
+        assert not any(value is properties for value in captured)
+        assert record.__dict__ not in captured
+        if json_backend == "orjson":
+            assert captured[3] == json.dumps(properties, separators=(",", ":")).encode()
+            gc.collect()  # only str, bytes and float inside: the collector stops scanning it
+            assert not gc.is_tracked(captured)
+
+    def test_worker_gets_bytes_only_with_orjson(self, json_backend: str) -> None:
+        """prepare() skips the dict when it can splice; the bytes decode to the message."""
+        mapper = RecordMapper()
+        captured = mapper.capture(make_record(user_id="u1", properties={"a": [1, 2]}))
+        assert captured is not None
+        message, data = mapper.prepare(captured)
+        assert (message is None) == (json_backend == "orjson")
+        sent = json.loads(data)
+        assert sent["properties"] == {"a": [1, 2]} and sent["timestamp"] == CREATED_ISO
+        assert list(sent) == [
+            "type",
+            "userId",
+            "event",
+            "properties",
+            "context",
+            "timestamp",
+            "messageId",
+        ]
+
+    @pytest.mark.parametrize(
+        "properties",
+        [
+            {"when": dt.datetime(2024, 1, 2, 3, 4, 5)},
+            {"tags": {"a"}},
+            {"price": Decimal("1.5")},
+            {1: "numeric key"},
+            {"big": 2**70},
+            {"raw": b"\x00"},
+            {"nested": {"deeper": [dt.date(2024, 1, 2)]}},
+        ],
+    )
+    def test_other_types_take_the_general_path(
+        self, properties: Dict[Any, Any], json_backend: str
+    ) -> None:
+        """Values beyond JSON's own types are converted exactly as before (see mapped());
+        with orjson they leave the spliced path (the standard library path copies them)."""
+        record = make_record(user_id="u1", properties=properties)
+        captured = RecordMapper().capture(record)
+        assert captured is not None
+        assert len(captured) == (8 if json_backend == "orjson" else 5)
+        assert mapped(record)["properties"]
+
+    def test_a_cycle_takes_the_general_path(self) -> None:
+        """A self-referential dict is cut as the general path cuts it, never a crash."""
+        properties: Dict[str, Any] = {"a": 1}
+        properties["self"] = properties
+        message = mapped(make_record(user_id="u1", properties=properties))
+        assert json.loads(encode(message))["properties"]["a"] == 1
+
+    @pytest.mark.parametrize(
+        "extra",
+        [
+            {"user_id": "bad \ud800 id"},
+            {"user_id": "u1", "event": "bad \udfff event"},
+            {"anonymous_id": "a\udc80"},
+        ],
+    )
+    def test_lone_surrogates_in_ids_and_event(self, extra: Dict[str, Any]) -> None:
+        """Strings orjson refuses are sent by the standard library, escaped (see mapped())."""
+        message = mapped(make_record(properties={"p": 1}, **extra))
+        assert message["properties"] == {"p": 1}
+
+    def test_oversized_plain_track_raises_with_its_size(self) -> None:
+        """The 32 KB limit holds on the spliced path, with the same reason."""
+        mapper = RecordMapper()
+        captured = mapper.capture(make_record(user_id="u1", properties={"blob": "x" * 40_000}))
+        assert captured is not None
+        with pytest.raises(MessageTooLarge) as info:
+            mapper.prepare(captured)
+        assert TOO_LARGE.match(str(info.value))
+        described = mapper.describe(captured)
+        assert described["properties"] == {"blob": "x" * 40_000}
+        assert described["user_id"] == "u1" and described["event"] == "Played a Song"
+
+    def test_a_record_with_other_fields_is_not_a_plain_track(self) -> None:
+        """Any other reserved field, a bound identity or capture_extra: the general capture."""
+        assert len(RecordMapper().capture(make_record(user_id="u", traits={})) or ()) == 8
+        bound = {"user_id": "u"}
+        assert len(RecordMapper().capture(make_record(event="E"), bound) or ()) == 8
+        mapper = RecordMapper(capture_extra=True)
+        assert len(mapper.capture(make_record(user_id="u")) or ()) == 8
 
 
 class TestToJsonSafe:
