@@ -153,6 +153,45 @@ class SegmentContender(LoggingContender):
         return self.handler.stats()  # type: ignore[attr-defined,no-any-return]
 
 
+class StdlibJsonContender(SegmentContender):
+    """``SegmentHandler`` as it runs without the ``fast`` extra: the standard library's json.
+
+    The switch is module-wide, so it is on only from a burst until its flush or close
+    (the contenders take turns; no other one sends in between).
+    """
+
+    def __init__(self, url: Optional[str], **options: Any) -> None:
+        super().__init__(url, label="SegmentHandler, stdlib json", **options)
+        self._saved: Optional[Tuple[Any, Any]] = None
+
+    def burst(self, n: int) -> None:
+        from segmentio_logging import _message
+
+        if self._saved is None:
+            self._saved = _message.FAST_JSON, _message.PLAIN_JSON
+            _message.FAST_JSON = _message.PLAIN_JSON = None
+        super().burst(n)
+
+    def _restore(self) -> None:
+        from segmentio_logging import _message
+
+        if self._saved is not None:
+            _message.FAST_JSON, _message.PLAIN_JSON = self._saved
+            self._saved = None
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        finally:
+            self._restore()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._restore()
+
+
 class OfficialContender(Contender):
     def __init__(self, url: str, **options: Any) -> None:
         from segment.analytics import Client
@@ -292,6 +331,7 @@ def hot_path(receiver: Receiver, rounds: int, calls: int) -> Tuple[str, Dict[str
         SegmentContender(receiver.url),
         OfficialContender(receiver.url),
         OtelContender(),
+        StdlibJsonContender(receiver.url),
     ]
     if COMPARE is not None:
         contenders.append(SegmentContender(receiver.url, compare=True))
@@ -324,7 +364,7 @@ def hot_path(receiver: Receiver, rounds: int, calls: int) -> Tuple[str, Dict[str
         for c in contenders:
             c.close()
 
-    noop, seg, off, otel = names[:4]
+    noop, seg, off, otel, stdlib = names[:5]
 
     def ratio(series: Dict[str, List[float]], a: str, b: str) -> float:
         # Per round, then the median: drift within a round cancels.
@@ -389,11 +429,18 @@ def hot_path(receiver: Receiver, rounds: int, calls: int) -> Tuple[str, Dict[str
                     "",
                     "",
                 ],
+                [
+                    "SegmentHandler, stdlib json / no-op",
+                    f"{ratio(wall, stdlib, noop):.2f}",
+                    f"{ratio(caller, stdlib, noop):.2f}",
+                    "",
+                    "",
+                ],
             ],
         )
     )
     if COMPARE is not None:
-        cmp_name = names[4]
+        cmp_name = names[5]
         out.append("")
         out.append(
             table(
@@ -437,6 +484,8 @@ def _end_to_end_once(receiver: Receiver, kind: str, events: int) -> float:
     contender: Contender
     if kind == "official":
         contender = OfficialContender(receiver.url, max_queue_size=events)
+    elif kind == "stdlib":
+        contender = StdlibJsonContender(receiver.url, max_queue_size=events)
     else:
         contender = SegmentContender(
             receiver.url,
@@ -462,16 +511,17 @@ def _end_to_end_once(receiver: Receiver, kind: str, events: int) -> float:
 
 
 def end_to_end(receiver: Receiver, rounds: int, events: int) -> Tuple[str, Dict[str, Any]]:
-    kinds = ["gzip", "plain", "official"]
+    kinds = ["gzip", "plain", "stdlib", "official"]
     labels = {
         "gzip": "SegmentHandler, gzip on (default)",
         "plain": "SegmentHandler, gzip off",
+        "stdlib": "SegmentHandler, gzip on, stdlib json (no orjson)",
         "official": "segment-analytics-python (default: gzip off)",
         "gzip@compare": "SegmentHandler [--compare], gzip on",
         "plain@compare": "SegmentHandler [--compare], gzip off",
     }
     if COMPARE is not None:
-        kinds[2:2] = ["gzip@compare", "plain@compare"]
+        kinds[3:3] = ["gzip@compare", "plain@compare"]
     rates: Dict[str, List[float]] = {k: [] for k in kinds}
     for r in range(rounds):
         order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]

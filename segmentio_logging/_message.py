@@ -672,47 +672,34 @@ def _plain_track(
 
 
 # What follows "properties" in every plain track message, up to the timestamp's value.
+_quote = json.encoder.encode_basestring  # a JSON string, quoted; non-ASCII kept as is
 _TRACK_CONTEXT = (
-    b',"context":{"library":'
-    + json.dumps({"name": LIBRARY_NAME, "version": __version__}, separators=(",", ":")).encode()
-    + b'},"timestamp":"'
+    ',"context":{"library":'
+    + json.dumps({"name": LIBRARY_NAME, "version": __version__}, separators=(",", ":"))
+    + '},"timestamp":"'
 )
 
 
 def _plain_track_json(
-    uid: Optional[str], aid: Optional[str], event: str, properties: bytes, created: float
+    uid: Optional[str], aid: Optional[str], event: str, properties: str, created: float
 ) -> Optional[bytes]:
     """The JSON of the message :func:`_plain_track` builds, key for key, spliced around
-    ``properties`` already encoded by ``PLAIN_JSON``; ``None`` when a string needs the
-    general encoder (lone surrogates)."""
-    quote = PLAIN_JSON
-    if quote is None:
-        return None
-    try:
-        event_json = quote(event)
-        uid_json = quote(uid) if uid else b""
-        aid_json = quote(aid) if aid else b""
-    except Exception:
-        return None
-    timestamp = format_timestamp(created)
-    return b"".join(
-        (
-            b'{"type":"track"',
-            b',"userId":' if uid else b"",
-            uid_json,
-            b',"anonymousId":' if aid else b"",
-            aid_json,
-            b',"event":',
-            event_json,
-            b',"properties":',
-            properties,
-            _TRACK_CONTEXT,
-            timestamp.encode(),
-            b'","messageId":"',
-            new_message_id().encode(),
-            b'"}',
-        )
+    ``properties`` already in JSON; ``None`` when a string holds lone surrogates (the
+    general encoder escapes them)."""
+    head = '{"type":"track"'
+    if uid:
+        head += ',"userId":' + _quote(uid)
+    if aid:
+        head += ',"anonymousId":' + _quote(aid)
+    # The timestamp and messageId need no escaping: ASCII digits, letters and punctuation.
+    text = (
+        f'{head},"event":{_quote(event)},"properties":{properties}{_TRACK_CONTEXT}'
+        f'{format_timestamp(created)}","messageId":"{new_message_id()}"}}'
     )
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
 
 
 def _absent(value: Any) -> bool:
@@ -733,9 +720,9 @@ GeneralCapture = Tuple[
     float,
 ]
 # ... and of a plain track: (user id, anonymous id, event, properties, record time), the
-# properties as JSON bytes when orjson is there (else a copy). Only strings, bytes and a
+# properties as a JSON string when orjson is there (else a copy). Only strings and a
 # float: the garbage collector stops scanning such a tuple, however many are queued.
-TrackCapture = Tuple[Optional[str], Optional[str], str, Union[bytes, Dict[str, Any], None], float]
+TrackCapture = Tuple[Optional[str], Optional[str], str, Union[str, Dict[str, Any], None], float]
 Captured = Union[GeneralCapture, TrackCapture]
 
 # Fields whose values are usually containers the caller may go on mutating.
@@ -883,14 +870,15 @@ class RecordMapper:
         if type(event) is not str or not event:
             return None
         properties = attrs.get(self._properties_attr)
-        kept: Union[bytes, Dict[str, Any], None]
+        kept: Union[str, Dict[str, Any], None]
         if type(properties) is not dict:
             if properties is not None:
                 return None
-            kept = b"{}" if PLAIN_JSON is not None else None
+            kept = "{}" if PLAIN_JSON is not None else None
         elif PLAIN_JSON is not None:
             try:
-                kept = PLAIN_JSON(properties, option=_ORJSON_OPTIONS)
+                # As str: orjson's bytes keep a 4 KB buffer each, which a queue would hold.
+                kept = PLAIN_JSON(properties, option=_ORJSON_OPTIONS).decode()
             except Exception:  # not only JSON's own types: the general path converts them
                 return None
         else:
@@ -906,10 +894,10 @@ class RecordMapper:
         """
         if len(item) == 5:
             uid, aid, event, properties, created = item
-            if type(properties) is bytes:
+            if type(properties) is str:
                 data = _plain_track_json(uid, aid, event, properties, created)
                 if data is not None:
-                    return None, _checked_size(data)
+                    return None, data if len(data) <= MAX_MESSAGE_BYTES else _checked_size(data)
         message = self.build(item)
         return message, encode(message)
 
@@ -938,7 +926,7 @@ class RecordMapper:
     ) -> Tuple[Optional[str], Optional[str], str, Optional[Dict[str, Any]], float]:
         """A plain track capture with its properties as a dict again."""
         uid, aid, event, properties, created = item
-        if type(properties) is bytes:
+        if type(properties) is str:
             return uid, aid, event, json.loads(properties), created
         return item  # type: ignore[return-value]
 
