@@ -263,7 +263,8 @@ class Client:
         except SegmentError as error:
             self._pipeline.reject(message, error)
             return None
-        item: Tuple[Dict[str, Any], bytes] = (message, data)
+        # A right-sized copy to queue: orjson's bytes each hold a 4 KB buffer.
+        item: Tuple[Dict[str, Any], bytes] = (message, b"".join((data, b"")))
         if not self._pipeline.put(item):
             return None
         return message["messageId"]  # type: ignore[no-any-return]
