@@ -54,6 +54,7 @@ def use_source(src: str) -> None:
 
 
 COMPARE: Optional[Any] = None  # a second copy of the package, from --compare
+HANDLER_OPTIONS: Dict[str, Any] = {}  # --handler-option: not the defaults the goals name
 
 
 def load_compare(src: str) -> Any:
@@ -143,6 +144,9 @@ class SegmentContender(LoggingContender):
             from segmentio_logging import SegmentHandler as handler_class
         if url is not None:
             options["host"] = url
+        if HANDLER_OPTIONS:
+            options = {**HANDLER_OPTIONS, **options}
+            label += " (" + ", ".join(f"{k}={v}" for k, v in HANDLER_OPTIONS.items()) + ")"
         super().__init__(label, handler_class(WRITE_KEY, **options))
 
     def flush(self) -> None:
@@ -520,6 +524,9 @@ def end_to_end(receiver: Receiver, rounds: int, events: int) -> Tuple[str, Dict[
         "gzip@compare": "SegmentHandler [--compare], gzip on",
         "plain@compare": "SegmentHandler [--compare], gzip off",
     }
+    if HANDLER_OPTIONS:
+        given = ", ".join(f"{k}={v}" for k, v in HANDLER_OPTIONS.items())
+        labels = {k: v if k == "official" else f"{v} ({given})" for k, v in labels.items()}
     if COMPARE is not None:
         kinds[3:3] = ["gzip@compare", "plain@compare"]
     rates: Dict[str, List[float]] = {k: [] for k in kinds}
@@ -716,8 +723,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         metavar="DIR",
         help="also measure the segmentio_logging package in DIR (hot path, end to end)",
     )
+    parser.add_argument(
+        "--handler-option",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a SegmentHandler option for every SegmentHandler contender, e.g. batch_size=500"
+        " (the goals are about the defaults: for exploring only)",
+    )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for option in args.handler_option:
+        name, _, value = option.partition("=")
+        HANDLER_OPTIONS[name] = json.loads(value)
     use_source(os.path.abspath(args.src))
     if args.compare:
         global COMPARE
