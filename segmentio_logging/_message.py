@@ -393,10 +393,13 @@ try:  # the ``fast`` extra: about eight times faster than the standard library h
     # Without a ``default``: raises on anything but JSON's own types, and so never calls
     # user code. The handler snapshots plain properties with it on the caller's thread.
     PLAIN_JSON: Optional[Callable[..., bytes]] = orjson.dumps
+    # Subclasses of dict, list, str and int refused too: a copy reads them through their
+    # own items() and __iter__, which orjson would not call.
+    _PLAIN_OPTIONS = _ORJSON_OPTIONS | orjson.OPT_PASSTHROUGH_SUBCLASS
 except ImportError:  # pragma: no cover - depends on the environment
     FAST_JSON = None
     PLAIN_JSON = None
-    _ORJSON_OPTIONS = 0
+    _ORJSON_OPTIONS = _PLAIN_OPTIONS = 0
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
@@ -719,11 +722,22 @@ GeneralCapture = Tuple[
     Optional[Mapping[str, Any]],
     float,
 ]
-# ... and of a plain track: (user id, anonymous id, event, properties, record time), the
-# properties as a JSON string when orjson is there (else a copy). Only strings and a
-# float: the garbage collector stops scanning such a tuple, however many are queued.
-TrackCapture = Tuple[Optional[str], Optional[str], str, Union[str, Dict[str, Any], None], float]
+# ... and of a plain track: (user id, anonymous id, event, properties, record time, whether
+# the event was named rather than the message text), the properties as a JSON string when
+# orjson is there (else a copy). Only strings, a float and a bool: the garbage collector
+# stops scanning such a tuple, however many are queued.
+TrackCapture = Tuple[
+    Optional[str], Optional[str], str, Union[str, Dict[str, Any], None], float, bool
+]
 Captured = Union[GeneralCapture, TrackCapture]
+
+
+def _plain_track_of(item: TrackCapture) -> Optional[Dict[str, Any]]:
+    uid, aid, event, properties, created, _ = item
+    if type(properties) is str:
+        return _plain_track(uid, aid, event, json.loads(properties), created)
+    return _plain_track(uid, aid, event, properties, created)
+
 
 # Fields whose values are usually containers the caller may go on mutating.
 _MUTABLE_FIELDS = ("properties", "traits", "context", "integrations")
@@ -860,7 +874,8 @@ class RecordMapper:
         if not attrs.keys().isdisjoint(self._general_attrs):
             return None
         event = attrs.get(self._event_attr)
-        if event is None:
+        named = event is not None
+        if not named:
             event = record.msg
             if record.args or type(event) is not str:
                 try:
@@ -870,41 +885,42 @@ class RecordMapper:
         if type(event) is not str or not event:
             return None
         properties = attrs.get(self._properties_attr)
-        kept: Union[str, Dict[str, Any], None]
-        if type(properties) is not dict:
-            if properties is not None:
-                return None
-            kept = "{}" if PLAIN_JSON is not None else None
-        elif PLAIN_JSON is not None:
-            try:
-                # As str: orjson's bytes keep a 4 KB buffer each, which a queue would hold.
-                kept = PLAIN_JSON(properties, option=_ORJSON_OPTIONS).decode()
-            except Exception:  # not only JSON's own types: the general path converts them
-                return None
-        else:
-            kept = _snapshot(properties)
-        return (uid, aid, event, kept, record.created)
+        kept: Union[str, Dict[str, Any], None] = None
+        if type(properties) is dict:
+            if PLAIN_JSON is None:
+                kept = _snapshot(properties)
+            else:
+                try:
+                    # As str: orjson's bytes keep a 4 KB buffer each, which a queue would hold.
+                    kept = PLAIN_JSON(properties, option=_PLAIN_OPTIONS).decode()
+                except Exception:  # not only JSON's own types: the general path converts them
+                    return None
+                if len(kept) > 2 * MAX_DEPTH and kept.count("{") + kept.count("[") > MAX_DEPTH:
+                    return None  # perhaps nested deeper than the general path's cut
+        elif properties is not None:
+            return None
+        return (uid, aid, event, kept, record.created, named)
 
     def prepare(self, item: Captured) -> Tuple[Optional[Dict[str, Any]], bytes]:
         """The message for a capture and its JSON, checked against the 32 KB limit.
 
-        For a plain track whose properties are already JSON the message is only
-        spliced as bytes: its dict is ``None`` (made from the bytes if a callback
-        asks). Raises :class:`InvalidMessage` (or :class:`MessageTooLarge`).
+        The message is always ``None``: a plain track is spliced as bytes without a
+        dict, and callbacks get every record's message decoded from what was sent,
+        whichever path made it. Raises :class:`InvalidMessage` (or
+        :class:`MessageTooLarge`).
         """
-        if len(item) == 5:
-            uid, aid, event, properties, created = item
-            if type(properties) is str:
-                data = _plain_track_json(uid, aid, event, properties, created)
+        if len(item) == 6:
+            uid, aid, event, properties, created, _ = item
+            if properties is None or type(properties) is str:
+                data = _plain_track_json(uid, aid, event, properties or "{}", created)
                 if data is not None:
                     return None, data if len(data) <= MAX_MESSAGE_BYTES else _checked_size(data)
-        message = self.build(item)
-        return message, encode(message)
+        return None, encode(self.build(item))
 
     def build(self, item: Captured) -> Dict[str, Any]:
         """The message for a capture; raises :class:`InvalidMessage`."""
-        if len(item) == 5:
-            message = _plain_track(*self._track_fields(item))
+        if len(item) == 6:
+            message = _plain_track_of(item)
             return message if message is not None else self.build_captured(self.describe(item))
         fields, uid, aid, copies, text, extra, bound, created = item
         if bound is None and extra is None and fields.keys().isdisjoint(self._general_attrs):
@@ -920,29 +936,22 @@ class RecordMapper:
                 return message
         return self.build_captured(self.describe(item))
 
-    @staticmethod
-    def _track_fields(
-        item: TrackCapture,
-    ) -> Tuple[Optional[str], Optional[str], str, Optional[Dict[str, Any]], float]:
-        """A plain track capture with its properties as a dict again."""
-        uid, aid, event, properties, created = item
-        if type(properties) is str:
-            return uid, aid, event, json.loads(properties), created
-        return item  # type: ignore[return-value]
-
     def describe(self, item: Captured) -> Dict[str, Any]:
         """A capture's fields by their reserved names (``user_id``, ``event``, ``properties``...),
         plus ``created`` and the formatted ``text``: what callbacks see of a record that
         could not become a message."""
-        if len(item) == 5:
-            uid, aid, event, properties, created = self._track_fields(item)
-            return {
-                "user_id": uid,
-                "anonymous_id": aid,
-                "created": created,
-                "event": event,
-                "properties": properties,
-            }
+        if len(item) == 6:
+            uid, aid, event, properties, created, named = item
+            described: Dict[str, Any] = {"user_id": uid, "anonymous_id": aid, "created": created}
+            if named:
+                described["event"] = event
+            if properties is not None:
+                described["properties"] = (
+                    json.loads(properties) if type(properties) is str else properties
+                )
+            if not named:
+                described["text"] = event
+            return described
         fields, uid, aid, copies, text, extra, bound, created = item
         captured: Dict[str, Any] = {"user_id": uid, "anonymous_id": aid, "created": created}
         for key, attr in self._attrs:

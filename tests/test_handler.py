@@ -673,7 +673,7 @@ class TestFailureData:
         assert handler.flush(5)
         [(data, error)] = failures
         assert isinstance(error, MessageTooLarge) and "32 KB" in str(error)
-        assert data[0]["event"] == "Uploaded" and data[0]["properties"]["blob"] == "x" * 40_000
+        assert data[0]["text"] == "Uploaded" and data[0]["properties"]["blob"] == "x" * 40_000
         assert handler.stats()["dropped"] == 1 and collector.messages == []
 
     def test_a_record_that_broke_before_capture_is_described(

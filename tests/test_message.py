@@ -106,26 +106,36 @@ def make_record(msg: Any = "Played a Song", *args: Any, **extra: Any) -> logging
     return record
 
 
+class GeneralOnlyMapper(RecordMapper):
+    """A mapper that never takes the plain track path: what every record got before it."""
+
+    def _capture_track(self, *args: Any) -> None:
+        return None
+
+
 def mapped(record: logging.LogRecord, **options: Any) -> Dict[str, Any]:
     """The message a default (or configured) mapper makes of ``record``.
 
-    Also checks that what the worker sends (``prepare``, which may splice the JSON
-    without a dict) is that message's JSON, key for key and in the same order.
+    Also checks that what the worker sends (``prepare``, which may capture and splice a
+    plain track without a dict) is the JSON the general path makes of the same record,
+    key for key and in the same order.
     """
     mapper = RecordMapper(**options)
     captured = mapper.capture(record)
     assert captured is not None
     message = mapper.build(captured)
+    general = GeneralOnlyMapper(**options).capture(record)
+    assert general is not None
     try:
-        expected = json.loads(encode(message))
+        expected = json.loads(encode(GeneralOnlyMapper(**options).build(general)))
     except MessageTooLarge:
         with pytest.raises(MessageTooLarge):
             mapper.prepare(captured)
         return message
     prepared, data = mapper.prepare(captured)
+    assert prepared is None  # callbacks decode what was sent
     sent = json.loads(data)
-    if prepared is not None:
-        assert json.loads(encode(prepared)) == sent
+    assert json.loads(encode(message)).keys() == sent.keys()
     del sent["messageId"], expected["messageId"]  # a new one for each message
     assert list(sent.items()) == list(expected.items())
     return message
@@ -938,26 +948,27 @@ class TestPlainTrackCapture:
     """The common record (string ids and event, plain properties) is captured compactly
     and, with orjson, sent as JSON spliced on the worker without a dict."""
 
-    def test_captured_as_five_plain_values(self, json_backend: str) -> None:
-        """The capture keeps no reference to the record or its properties dict."""
+    def test_captured_as_plain_values(self, json_backend: str) -> None:
+        """The capture keeps no reference to the record or to its properties dict."""
         properties = {"song": "A", "tags": ["x"], "n": 1.5}
         record = make_record(user_id="u1", properties=properties)
         captured = RecordMapper().capture(record)
-        assert captured is not None and len(captured) == 5
+        assert captured is not None and len(captured) == 6
         assert not any(value is properties for value in captured)
-        assert record.__dict__ not in captured
         if json_backend == "orjson":
             assert captured[3] == json.dumps(properties, separators=(",", ":"))
-            gc.collect()  # only strings and a float inside: the collector stops scanning it
+            gc.collect()  # only strings, a float and a bool: the collector stops scanning it
             assert not gc.is_tracked(captured)
+        else:
+            assert captured[3] == properties
 
-    def test_worker_gets_bytes_only_with_orjson(self, json_backend: str) -> None:
-        """prepare() skips the dict when it can splice; the bytes decode to the message."""
+    def test_prepare_gives_only_bytes(self) -> None:
+        """No dict for the worker to keep; the bytes hold the message, keys in order."""
         mapper = RecordMapper()
         captured = mapper.capture(make_record(user_id="u1", properties={"a": [1, 2]}))
         assert captured is not None
         message, data = mapper.prepare(captured)
-        assert (message is None) == (json_backend == "orjson")
+        assert message is None
         sent = json.loads(data)
         assert sent["properties"] == {"a": [1, 2]} and sent["timestamp"] == CREATED_ISO
         assert list(sent) == [
@@ -969,6 +980,55 @@ class TestPlainTrackCapture:
             "timestamp",
             "messageId",
         ]
+
+    def test_dict_and_list_subclasses_are_read_as_a_copy_reads_them(self) -> None:
+        """A nested mapping's own items() and a list's own __iter__ decide what is sent."""
+
+        class Redacted(dict):  # type: ignore[type-arg]
+            def items(self) -> Any:
+                return [(key, "***") for key in self]
+
+        class Reversed(list):  # type: ignore[type-arg]
+            def __iter__(self) -> Any:
+                return reversed([*list.__iter__(self)])
+
+        record = make_record(
+            user_id="u1",
+            properties={"creds": Redacted(password="hunter2"), "order": Reversed([1, 2])},
+        )
+        assert mapped(record)["properties"]["creds"] == {"password": "***"}
+        sent = json.loads(RecordMapper().prepare(RecordMapper().capture(record))[1])  # type: ignore[arg-type]
+        assert sent["properties"] == {"creds": {"password": "***"}, "order": [2, 1]}
+
+    def test_nesting_is_cut_at_the_same_depth(self) -> None:
+        """Deeper than 64 becomes "<too deep>" on every path, orjson's own limit aside."""
+        nested: Any = "leaf"
+        for _ in range(70):
+            nested = {"k": nested}
+        record = make_record(user_id="u1", properties={"deep": nested})
+        data = RecordMapper().prepare(RecordMapper().capture(record))[1]  # type: ignore[arg-type]
+        assert b"<too deep>" in data
+        mapped(record)
+
+    def test_described_by_the_fields_the_record_gave(self) -> None:
+        """on_failure sees "event" when the record named one, else the message as "text"."""
+        mapper = RecordMapper()
+        named = mapper.capture(make_record(user_id="u1", event="E", properties={"p": 1}))
+        from_text = mapper.capture(make_record("Bought %d", 2, anonymous_id="a1"))
+        assert named is not None and from_text is not None
+        assert mapper.describe(named) == {
+            "user_id": "u1",
+            "anonymous_id": None,
+            "created": CREATED,
+            "event": "E",
+            "properties": {"p": 1},
+        }
+        assert mapper.describe(from_text) == {
+            "user_id": None,
+            "anonymous_id": "a1",
+            "created": CREATED,
+            "text": "Bought 2",
+        }
 
     @pytest.mark.parametrize(
         "properties",
@@ -990,7 +1050,7 @@ class TestPlainTrackCapture:
         record = make_record(user_id="u1", properties=properties)
         captured = RecordMapper().capture(record)
         assert captured is not None
-        assert len(captured) == (8 if json_backend == "orjson" else 5)
+        assert len(captured) == (8 if json_backend == "orjson" else 6)
         assert mapped(record)["properties"]
 
     def test_a_cycle_takes_the_general_path(self) -> None:
@@ -1023,7 +1083,7 @@ class TestPlainTrackCapture:
         assert TOO_LARGE.match(str(info.value))
         described = mapper.describe(captured)
         assert described["properties"] == {"blob": "x" * 40_000}
-        assert described["user_id"] == "u1" and described["event"] == "Played a Song"
+        assert described["user_id"] == "u1" and described["text"] == "Played a Song"
 
     def test_a_record_with_other_fields_is_not_a_plain_track(self) -> None:
         """Any other reserved field, a bound identity or capture_extra: the general capture."""
