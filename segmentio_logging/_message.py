@@ -674,8 +674,8 @@ def _plain_track(
     return message
 
 
-# What follows "properties" in every plain track message, up to the timestamp's value.
 _quote = json.encoder.encode_basestring  # a JSON string, quoted; non-ASCII kept as is
+# What follows "properties" in every plain track message, up to the timestamp's value.
 _TRACK_CONTEXT = (
     ',"context":{"library":'
     + json.dumps({"name": LIBRARY_NAME, "version": __version__}, separators=(",", ":"))
