@@ -732,11 +732,22 @@ TrackCapture = Tuple[
 Captured = Union[GeneralCapture, TrackCapture]
 
 
+def _track_properties(properties: Union[str, Dict[str, Any], None]) -> Any:
+    """A plain track capture's properties as a dict again (or None)."""
+    return json.loads(properties) if type(properties) is str else properties
+
+
 def _plain_track_of(item: TrackCapture) -> Optional[Dict[str, Any]]:
     uid, aid, event, properties, created, _ = item
-    if type(properties) is str:
-        return _plain_track(uid, aid, event, json.loads(properties), created)
-    return _plain_track(uid, aid, event, properties, created)
+    return _plain_track(uid, aid, event, _track_properties(properties), created)
+
+
+def _formatted(record: logging.LogRecord) -> str:
+    """The record's message with its arguments; its bare ``msg`` when formatting fails."""
+    try:
+        return record.getMessage()
+    except Exception:
+        return _safe_str(record.msg)
 
 
 # Fields whose values are usually containers the caller may go on mutating.
@@ -843,10 +854,7 @@ class RecordMapper:
                 copies[attr] = _snapshot(value)
         text: Optional[str] = None
         if record.args or type(record.msg) is not str:
-            try:
-                text = record.getMessage()
-            except Exception:
-                text = _safe_str(record.msg)
+            text = _formatted(record)
         extra: Optional[Dict[str, Any]] = None
         if self._capture_extra:
             reserved = self._reserved_attrs
@@ -878,10 +886,7 @@ class RecordMapper:
         if not named:
             event = record.msg
             if record.args or type(event) is not str:
-                try:
-                    event = record.getMessage()
-                except Exception:
-                    event = _safe_str(record.msg)  # as the general path does
+                event = _formatted(record)
         if type(event) is not str or not event:
             return None
         properties = attrs.get(self._properties_attr)
@@ -946,9 +951,7 @@ class RecordMapper:
             if named:
                 described["event"] = event
             if properties is not None:
-                described["properties"] = (
-                    json.loads(properties) if type(properties) is str else properties
-                )
+                described["properties"] = _track_properties(properties)
             if not named:
                 described["text"] = event
             return described
