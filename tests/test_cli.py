@@ -25,6 +25,8 @@ from segmentio_logging._collect import Receiver, check_message, check_request, i
 from segmentio_logging._import import line_message_id, parse_map
 from segmentio_logging.testing import LocalCollector, Reply
 
+from .helpers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"authorization": "Basic " + base64.b64encode(b"key:").decode()}
 
@@ -36,11 +38,6 @@ def _no_segment_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith("SEGMENT_"):
             monkeypatch.delenv(name)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

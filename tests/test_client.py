@@ -13,6 +13,8 @@ import segmentio_logging
 from segmentio_logging import Client, DeliveryError, MessageTooLarge, Response
 from segmentio_logging.testing import LocalCollector, Reply
 
+from .helpers import Recorder
+
 CALLS = ("identify", "track", "group", "alias", "page", "screen")
 
 
@@ -45,17 +47,6 @@ def make_client(collector: LocalCollector) -> Iterator[Any]:
     for client in made:
         client.shutdown(timeout=2)
 
-
-class Recorder:
-    """Collects callback calls from the worker thread."""
-
-    def __init__(self) -> None:
-        self.calls: List[Tuple[Any, Any]] = []
-        self.event = threading.Event()
-
-    def __call__(self, data: Any, arg: Any) -> None:
-        self.calls.append((data, arg))
-        self.event.set()
 
 
 def assert_common_shape(message: Dict[str, Any]) -> None:

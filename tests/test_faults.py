@@ -7,7 +7,6 @@ Every scenario checks that nothing is lost: each message is delivered, failed
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from typing import Any, Callable, Dict, List, Tuple
@@ -16,6 +15,8 @@ import pytest
 
 from segmentio_logging import DeliveryError, QueueFull, Response, SegmentHandler, _transport
 from segmentio_logging.testing import LocalCollector, Reply
+
+from .helpers import closed_port
 
 MakeHandler = Callable[..., SegmentHandler]
 
@@ -111,13 +112,6 @@ def assert_accounted(handler: SegmentHandler) -> Dict[str, int]:
     ), stats
     return stats
 
-
-def closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 TRANSIENT = {

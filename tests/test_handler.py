@@ -7,7 +7,6 @@ import logging.config
 import logging.handlers
 import os
 import queue
-import socket
 import sys
 import textwrap
 import threading
@@ -24,6 +23,8 @@ from segmentio_logging import (
     SegmentQueueListener,
 )
 from segmentio_logging.testing import LocalCollector, Reply
+
+from .helpers import Recorder, closed_url
 
 # Targets for the dotted-path callback options below.
 FAILURES: List[Tuple[Any, Any]] = []
@@ -44,17 +45,6 @@ def failures() -> Iterator[List[Tuple[Any, Any]]]:
     FAILURES.clear()
     FAILED.clear()
 
-
-class Recorder:
-    """Collects callback calls from the worker thread."""
-
-    def __init__(self) -> None:
-        self.calls: List[Tuple[Any, Any]] = []
-        self.event = threading.Event()
-
-    def __call__(self, data: Any, arg: Any) -> None:
-        self.calls.append((data, arg))
-        self.event.set()
 
 
 def handlers_of(*loggers: logging.Logger) -> List[logging.Handler]:
@@ -583,12 +573,6 @@ class TestListenerAfterFork:
             handler.close()
 
 
-def _closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
 
 class TestPersist:
     def test_persist_returns_once_records_are_on_disk(
@@ -597,7 +581,7 @@ class TestPersist:
         """With spool_path and the receiver down, persist() returns once every record is spooled."""
         handler = SegmentHandler(
             "k",
-            host=_closed_port_url(),
+            host=closed_url(),
             spool_path=str(tmp_path),
             flush_interval=0.05,
             retry_budget=0.2,

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from segmentio_logging._spool import Spool
 from segmentio_logging._spooled import SpooledPipeline
 from segmentio_logging._transport import Deadline, Transport
 from segmentio_logging.testing import LocalCollector, Reply
+
+from .helpers import closed_url
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the spool needs flock")
@@ -98,13 +99,6 @@ def finish(proc: subprocess.Popen[str], timeout: float = 30.0) -> Tuple[Dict[str
     assert proc.returncode == 0, err
     return json.loads(out.strip().splitlines()[-1]), err
 
-
-def closed_port() -> str:
-    """The URL of a port nothing listens on: every connection is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def ids(collector: LocalCollector) -> Counter[str]:
@@ -180,7 +174,7 @@ class TestCrashRecovery:
         self, collector: LocalCollector, spool_dir: Path
     ) -> None:
         """SIGKILL with the receiver down, then a new process delivers every event exactly once."""
-        down = closed_port()
+        down = closed_url()
         proc = child(spool_dir, down, count=120, tag="k", mode="persist-and-wait")
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -203,7 +197,7 @@ class TestCrashRecovery:
         self, collector: LocalCollector, spool_dir: Path
     ) -> None:
         """A process that finds an orphan sends its events first, oldest first."""
-        proc = child(spool_dir, closed_port(), count=30, tag="old", mode="persist-and-wait")
+        proc = child(spool_dir, closed_url(), count=30, tag="old", mode="persist-and-wait")
         assert proc.stdout is not None
         assert json.loads(proc.stdout.readline())["persisted"] is True
         proc.kill()
@@ -429,7 +423,7 @@ class TestSeveralProcesses:
         self, collector: LocalCollector, spool_dir: Path
     ) -> None:
         """Three processes at once on one spool_path, plus an orphan: each event once, no damage."""
-        orphan = child(spool_dir, closed_port(), count=50, tag="orphan", mode="persist-and-wait")
+        orphan = child(spool_dir, closed_url(), count=50, tag="orphan", mode="persist-and-wait")
         assert orphan.stdout is not None
         assert json.loads(orphan.stdout.readline())["persisted"] is True
         orphan.kill()

@@ -7,7 +7,6 @@ import email.utils
 import gzip
 import json
 import re
-import socket
 import threading
 import time
 from typing import Any, Callable, Iterator, List, Tuple
@@ -24,6 +23,8 @@ from segmentio_logging._transport import (
     retry_after,
 )
 from segmentio_logging.testing import LocalCollector, Reply
+
+from .helpers import closed_port
 
 MakeTransport = Callable[..., Transport]
 
@@ -76,14 +77,6 @@ def assert_partition(outcomes: List[Outcome], count: int) -> None:
         position = end
     assert position == count
 
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (connections are refused)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def only_error(outcomes: List[Outcome]) -> DeliveryError:
