@@ -162,7 +162,7 @@ def _resolve(args: argparse.Namespace, *, need_key: bool = True) -> Options:
 
 
 def _transport(options: Options) -> Transport:
-    from ._client import transport_for
+    from ._transport import transport_for
 
     return transport_for(options)
 

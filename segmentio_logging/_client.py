@@ -8,23 +8,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ._errors import InvalidMessage, SegmentError
 from ._message import _MUTABLE_FIELDS, _snapshot, build_message, encode
 from ._options import Options, resolve_options
-from ._transport import NullTransport, Transport
+from ._transport import transport_for
 from ._worker import Pipeline, Prepare
 
 Callback = Callable[[Any, Any], Any]
-
-
-def transport_for(options: Options) -> Transport:
-    """The HTTP transport ``options`` describe (with ``send=False``, one that sends nothing)."""
-    transport_class = Transport if options.send else NullTransport
-    return transport_class(
-        host=options.host,
-        write_key=options.write_key,
-        gzip=options.gzip,
-        timeout=options.timeout,
-        max_retries=options.max_retries,
-        retry_budget=options.retry_budget,
-    )
 
 
 def make_pipeline(

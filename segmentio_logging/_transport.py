@@ -24,6 +24,7 @@ from urllib3.exceptions import HTTPError
 
 from ._errors import DeliveryError
 from ._message import batch_body, format_timestamp
+from ._options import Options
 from ._version import __version__
 
 BATCH_PATH = "/v1/batch"
@@ -295,3 +296,16 @@ class NullTransport(Transport):
 
     def deliver(self, parts: List[bytes], deadline: Optional[Deadline] = None) -> List[Outcome]:
         return [(0, len(parts), Response(0, {}, "", 0))] if parts else []
+
+
+def transport_for(options: Options) -> Transport:
+    """The HTTP transport ``options`` describe (with ``send=False``, one that sends nothing)."""
+    transport_class = Transport if options.send else NullTransport
+    return transport_class(
+        host=options.host,
+        write_key=options.write_key,
+        gzip=options.gzip,
+        timeout=options.timeout,
+        max_retries=options.max_retries,
+        retry_budget=options.retry_budget,
+    )
