@@ -7,47 +7,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ._errors import InvalidMessage, SegmentError
 from ._message import _MUTABLE_FIELDS, _snapshot, build_message, encode
-from ._options import Options, resolve_options
-from ._transport import transport_for
-from ._worker import Pipeline, Prepare
+from ._options import resolve_options
+from ._pipeline import make_pipeline
 
 Callback = Callable[[Any, Any], Any]
-
-
-def make_pipeline(
-    options: Options,
-    prepare: Optional[Prepare] = None,
-    describe: Optional[Callable[[Any], Any]] = None,
-) -> Pipeline:
-    """The queue, worker, transport and (with ``spool_path``) disk spool of ``options``.
-
-    ``prepare`` turns a queued item into its message and bytes; ``describe``, an item
-    into what ``on_failure`` receives when it cannot be sent.
-    """
-    transport = transport_for(options)
-    settings: Dict[str, Any] = {
-        "batch_size": options.batch_size,
-        "flush_interval": options.flush_interval,
-        "max_queue_size": options.max_queue_size,
-        "shutdown_timeout": options.shutdown_timeout,
-        "on_success": options.on_success,
-        "on_failure": options.on_failure,
-        "sync_mode": options.sync_mode,
-    }
-    if prepare is not None:
-        settings["prepare"] = prepare
-    if describe is not None:
-        settings["describe"] = describe
-    if options.spool_path is None:
-        return Pipeline(transport, **settings)
-    # sqlite3 is only imported when a spool is used.
-    from ._spool import Spool
-    from ._spooled import SpooledPipeline
-
-    spool = Spool(
-        options.spool_path, max_bytes=options.spool_max_bytes, max_age=options.spool_max_age
-    )
-    return SpooledPipeline(transport, spool=spool, **settings)
 
 
 def _anonymous(session_id: Any, anonymous_id: Any) -> Any:
@@ -240,7 +203,7 @@ class Client:
     def _enqueue(self, kind: str, **fields: Any) -> Optional[str]:
         # Before the message gets its messageId: in a child forked without Python's
         # fork hooks, this is where the ids (and the pipeline) start afresh.
-        self._pipeline._check_fork()
+        self._pipeline.check_fork()
         for name in _MUTABLE_FIELDS:  # what the caller changes afterwards is not sent
             if fields.get(name) is not None:
                 fields[name] = _snapshot(fields[name])
@@ -260,11 +223,11 @@ class Client:
 
     def on_success(self, fn: Optional[Callback]) -> None:
         """Call ``fn(data, response)`` for each delivered batch (``data``: its messages)."""
-        self._pipeline.on_success = fn
+        self._pipeline.callbacks.on_success = fn
 
     def on_failure(self, fn: Optional[Callback]) -> None:
         """Call ``fn(data, error)`` for each batch or message that will not be delivered."""
-        self._pipeline.on_failure = fn
+        self._pipeline.callbacks.on_failure = fn
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Block until everything queued so far is delivered or failed; False at the timeout."""

@@ -13,12 +13,12 @@ import threading
 import weakref
 from typing import Any, Dict, List, Optional, Union
 
-from ._client import make_pipeline
 from ._context import bound_identity
 from ._errors import InvalidMessage
+from ._lifecycle import before_close_all, busy_threads, marked_busy, on_fork_in_child
 from ._message import RecordMapper, _safe_str
 from ._options import resolve_options
-from ._worker import before_close_all, busy_threads, marked_busy, on_fork_in_child
+from ._pipeline import make_pipeline
 
 # Records from these loggers (and their children) are the handler's own traffic: never events.
 OWN_LOGGERS = frozenset({"urllib3", "segmentio_logging"})
@@ -65,7 +65,7 @@ class SegmentHandler(logging.Handler):
         _handlers.add(self)
 
     def _after_fork_in_child(self) -> None:
-        # The pipeline starts afresh in the child (see _worker); so do these counters.
+        # The pipeline starts afresh in the child (see _pipeline); so do these counters.
         self._count_lock = threading.Lock()
         self._skipped = 0
         self._ignored = 0

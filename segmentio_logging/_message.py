@@ -102,7 +102,7 @@ class _MessageIds:
 
 _ids = _MessageIds()
 new_message_id = _ids.next
-reset_message_ids = _ids.reset  # _worker calls it in a forked child, with every other reset
+reset_message_ids = _ids.reset  # the pipeline registers it to run in a forked child
 
 
 # --------------------------------------------------------------------------- time

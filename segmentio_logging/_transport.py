@@ -17,13 +17,13 @@ import random
 import threading
 import time
 import zlib
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import urllib3
 from urllib3.exceptions import HTTPError
 
 from ._errors import DeliveryError
-from ._message import batch_body, format_timestamp
+from ._message import MAX_BATCH_BYTES, batch_body, envelope_size, format_timestamp
 from ._options import Options
 from ._version import __version__
 
@@ -129,6 +129,22 @@ def _gzip(body: bytes) -> bytes:
     return compressor.compress(body) + compressor.flush()
 
 
+def cut_by_bytes(parts: List[bytes], max_bytes: int) -> Iterator[Tuple[int, int]]:
+    """``(start, end)`` slices of ``parts`` whose bodies (one comma apiece) fit ``max_bytes``.
+
+    A part larger than ``max_bytes`` alone is a slice of its own: the transport
+    reports what the receiver says of it.
+    """
+    start, size = 0, 0
+    for index, data in enumerate(parts):
+        if index > start and size + len(data) + 1 > max_bytes:
+            yield start, index
+            start, size = index, 0
+        size += len(data) + 1
+    if start < len(parts):
+        yield start, len(parts)
+
+
 class Transport:
     """Sends batches of encoded messages to one Segment-compatible host."""
 
@@ -148,6 +164,8 @@ class Transport:
         self.timeout = timeout
         self.max_retries = max_retries
         self.retry_budget = retry_budget
+        # What the messages of one request may take, once the envelope is counted.
+        self.max_parts_bytes = MAX_BATCH_BYTES - envelope_size(write_key)
         self.headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",

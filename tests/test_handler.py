@@ -325,7 +325,7 @@ class TestFeedbackLoops:
             assert handler.flush(5)  # five separate requests, each logging through urllib3
         # Records from the package's own loggers, on the app's thread, are ignored too.
         logging.getLogger("urllib3.connectionpool").debug("not an event")
-        logging.getLogger("segmentio_logging._worker").info("not an event")
+        logging.getLogger("segmentio_logging._pipeline").info("not an event")
         assert handler.flush(5)
         requests = len(collector.requests)
         assert 1 <= requests <= 5

@@ -20,8 +20,9 @@ import pytest
 
 from segmentio_logging import DeliveryError, SegmentHandler
 from segmentio_logging._errors import SpoolError
+from segmentio_logging._pipeline import Pipeline
 from segmentio_logging._spool import Spool
-from segmentio_logging._spooled import SpooledPipeline
+from segmentio_logging._spooled import SpoolDelivery
 from segmentio_logging._transport import Deadline, Transport
 from segmentio_logging.testing import LocalCollector, Reply
 
@@ -382,12 +383,12 @@ class TestBoundDuringDelivery:
                 return super().deliver(parts, deadline)
 
         successes, failures = Calls(), Calls()
-        pipeline = SpooledPipeline(
+        pipeline = Pipeline(
             Held(host=collector.url, write_key="k", timeout=5, max_retries=0),
             flush_interval=0.05,
             on_success=successes,
             on_failure=failures,
-            spool=Spool(spool_dir, max_bytes=500),
+            delivery=SpoolDelivery(Spool(spool_dir, max_bytes=500)),
         )
         try:
             for i in range(4):
@@ -508,8 +509,8 @@ class TestHotPath:
         )
         assert persist(handler)  # the worker has opened its file
         pipeline = handler._pipeline
-        assert isinstance(pipeline, SpooledPipeline)  # what spool_path builds
-        spool = pipeline._spool
+        assert isinstance(pipeline.delivery, SpoolDelivery)  # what spool_path builds
+        spool = pipeline.delivery.spool
         threads: List[str] = []
         original = spool.append
 

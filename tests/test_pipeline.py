@@ -1,4 +1,5 @@
-"""The pipeline: batching, flush, close, bounded memory, counters, threads and fork."""
+"""The pipeline: batching, flush, close, bounded memory, counters, threads and fork;
+its two deliveries (in memory, through the spool)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ from segmentio_logging import (
     InvalidMessage,
     QueueFull,
     SegmentHandler,
-    _worker,
+    _lifecycle,
 )
-from segmentio_logging._spooled import SpooledPipeline
+from segmentio_logging._delivery import MemoryDelivery
+from segmentio_logging._pipeline import Pipeline
+from segmentio_logging._spooled import SpoolDelivery
 from segmentio_logging._transport import Deadline, Outcome, Transport
-from segmentio_logging._worker import Pipeline
 from segmentio_logging.testing import LocalCollector, Reply
 
 MakeHandler = Callable[..., SegmentHandler]
@@ -441,7 +443,7 @@ class TestFork:
         handler = self._parent_with_queued(make_handler, logger, collector)
         # The at-fork hook walks this set: empty, it resets nothing, as with a fork
         # made by code that skips Python's hooks.
-        monkeypatch.setattr(_worker, "_live", weakref.WeakSet())
+        monkeypatch.setattr(_lifecycle, "_live", weakref.WeakSet())
         child = _fork_and_log(handler, logger)
         self._check(handler, collector, child)
 
@@ -517,7 +519,7 @@ class TestWorkerThread:
 
         failures = Failures()
         transport = Transport(host=collector.url, write_key="k", timeout=5)
-        pipeline = Pipeline(transport, prepare=prepare, flush_interval=30, on_failure=failures)
+        pipeline = Pipeline(transport, encode=prepare, flush_interval=30, on_failure=failures)
         try:
             for i in range(9):
                 assert pipeline.put(i)
@@ -541,7 +543,7 @@ class TestSpoolOption:
 
         transport = Transport(host="http://127.0.0.1:9", write_key="k")
         with pytest.raises(ValueError) as info:
-            SpooledPipeline(transport, sync_mode=True, spool=Spool(tmp_path))
+            Pipeline(transport, sync_mode=True, delivery=SpoolDelivery(Spool(tmp_path)))
         assert str(info.value).startswith("spool_path")
 
     def test_spool_path_builds_the_spooled_pipeline(self, tmp_path: Any) -> None:
@@ -552,8 +554,9 @@ class TestSpoolOption:
         )._pipeline
         try:
             assert type(plain) is Pipeline
-            assert isinstance(spooled, SpooledPipeline)
-            assert repr(spooled).startswith("<SpooledPipeline open")
+            assert isinstance(plain.delivery, MemoryDelivery)
+            assert isinstance(spooled.delivery, SpoolDelivery)
+            assert repr(spooled).startswith("<Pipeline open delivery=spool")
         finally:
             plain.close(1)
             spooled.close(1)
@@ -578,7 +581,7 @@ class TestSpoolOption:
 
         before = set(threading.enumerate())
         transport = Transport(host=collector.url, write_key="k", timeout=5)
-        pipeline = SpooledPipeline(transport, flush_interval=0.05, spool=Spool(tmp_path))
+        pipeline = Pipeline(transport, flush_interval=0.05, delivery=SpoolDelivery(Spool(tmp_path)))
         try:
             assert len(workers_since(before)) == 1
             assert pipeline.persist(5) is True
@@ -600,12 +603,12 @@ class TestSpoolOption:
 
         failures = Failures()
         transport = Transport(host=collector.url, write_key="k", timeout=5)
-        pipeline = SpooledPipeline(
+        pipeline = Pipeline(
             transport,
-            prepare=prepare,
+            encode=prepare,
             flush_interval=0.05,
             on_failure=failures,
-            spool=Spool(tmp_path),
+            delivery=SpoolDelivery(Spool(tmp_path)),
         )
         try:
             for i in range(9):

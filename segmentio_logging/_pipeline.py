@@ -1,0 +1,518 @@
+"""The pipeline: a bounded queue, one batching thread, flush, shutdown and fork.
+
+Knows nothing of the Segment spec beyond sizes: items are turned into messages
+by an ``encode`` function (on the worker), cut into batches by count and bytes,
+and handed to the transport. The caller's side (:meth:`Pipeline.put`) takes no
+lock: a ``deque`` append and a length check.
+
+Where batches go is a strategy the pipeline holds, a :class:`Delivery`: in
+memory (:class:`MemoryDelivery`, the default), or through a disk spool
+(``segmentio_logging._spool.SpoolDelivery``, built by :func:`make_pipeline`
+when ``spool_path`` is set). A delivery drives the pipeline only through the
+public methods below the "for the delivery" line.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+from . import _lifecycle, _report
+from ._delivery import Batch, Delivery, Encoded, MemoryDelivery
+from ._errors import ClosedError, DeliveryError, InvalidMessage, SegmentError
+from ._lifecycle import CLOSE_GRACE, marked_busy, may_wait
+from ._message import reset_message_ids
+from ._options import Options
+from ._outcomes import Callback, Callbacks, Ledger, messages_of, transport_failure
+from ._transport import Deadline, Outcome, Transport, cut_by_bytes, transport_for
+
+Encode = Callable[[Any], Encoded]
+
+_getpid = os.getpid
+_serials = itertools.count(1)
+
+
+def _already_encoded(item: Any) -> Encoded:
+    return item  # type: ignore[no-any-return]
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+class Pipeline:
+    """Queue, worker thread and counters for one handler or client."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        delivery: Optional[Delivery] = None,
+        encode: Encode = _already_encoded,
+        describe: Callable[[Any], Any] = _as_is,
+        batch_size: int = 100,
+        flush_interval: float = 0.5,
+        max_queue_size: int = 10_000,
+        shutdown_timeout: float = 5.0,
+        on_success: Optional[Callback] = None,
+        on_failure: Optional[Callback] = None,
+        sync_mode: bool = False,
+    ) -> None:
+        self.transport = transport
+        self.delivery: Delivery = MemoryDelivery() if delivery is None else delivery
+        self.encode = encode
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_queue_size = max_queue_size
+        self.shutdown_timeout = shutdown_timeout
+        self.sync_mode = sync_mode
+        self.max_bytes = transport.max_parts_bytes
+        # Keys the rate-limited warnings; an id() can be reused by the next pipeline.
+        self.serial = next(_serials)
+        self.callbacks = Callbacks(self.serial, describe, on_success, on_failure)
+        self.closed = False
+        self._fresh_state()
+        self.delivery.attach(self)  # may start the worker
+        _lifecycle.register(self)
+
+    def _fresh_state(self) -> None:
+        self._pid = os.getpid()
+        self._queue: Deque[Any] = deque()
+        self.ledger = Ledger()
+        self._wake = threading.Event()
+        # Whether a caller already woke the worker for a full batch: one plain read per put.
+        self._woken = False
+        self.deadline = Deadline()
+        self._thread: Optional[threading.Thread] = None
+        self.inline = self.sync_mode
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return (
+            f"<{type(self).__name__} {state} delivery={self.delivery.name} "
+            f"queued={len(self._queue)} transport={self.transport!r}>"
+        )
+
+    # ------------------------------------------------------------------ caller side
+
+    def put(self, item: Any) -> bool:
+        """Queue one item without blocking; False when it was dropped (full or closed)."""
+        if self._pid != _getpid():
+            self.check_fork()
+        queue = self._queue
+        size = len(queue)
+        if self.closed or self.inline or size >= self.max_queue_size:
+            return self._put_rarely(item, size)
+        queue.append(item)
+        if self._thread is None:
+            self.start()
+        elif size + 1 >= self.batch_size and not self._woken:
+            self._woken = True
+            self._wake.set()
+        if self.closed:  # closed while we appended: settle it here
+            self._sweep_after_close()
+        return True
+
+    def _put_rarely(self, item: Any, size: int) -> bool:
+        """The rare cases of :meth:`put`: closed, full, or delivering inline."""
+        ledger = self.ledger
+        if self.closed:
+            with ledger.lock:
+                ledger.dropped_caller += 1
+            error = ClosedError("1 message given after close(); not sent", count=1)
+            _report.warn(f"closed-{self.serial}", error.reason)
+            self.callbacks.refused([item], error)
+            return False
+        if size >= self.max_queue_size:
+            with ledger.lock:
+                ledger.dropped_caller += 1
+                ledger.unreported_full += 1
+            _report.warn(
+                f"full-{self.serial}",
+                f"queue full (max_queue_size={self.max_queue_size}): dropping messages; "
+                "the receiver may be down or too slow",
+            )
+            if self._thread is not None:
+                self._wake.set()
+            return False
+        with ledger.lock:
+            ledger.taken += 1
+        self._process_here([item])
+        return True
+
+    def reject(self, item: Any, error: SegmentError) -> None:
+        """Count and report an item refused before it was queued (too large, invalid)."""
+        with self.ledger.lock:
+            self.ledger.dropped_caller += 1
+        self.callbacks.refused([item], error)
+
+    # ------------------------------------------------------------------ worker side
+
+    def start(self) -> None:
+        """Start the worker unless it runs or the pipeline is closed; inline if it cannot."""
+        ledger = self.ledger
+        with ledger.lock:
+            current = self._thread
+            if self.closed or (current is not None and current.is_alive()):
+                return
+            thread = threading.Thread(
+                target=self._run, name="segmentio-logging-worker", daemon=True
+            )
+            try:
+                thread.start()
+                self._thread = thread
+                return
+            except RuntimeError:
+                # Interpreter shutdown: no new threads. Deliver on the caller's thread.
+                self.inline = True
+                pending = list(self._queue)
+                self._queue.clear()
+                ledger.taken += len(pending)
+        self._process_here(pending)
+
+    def worker_alive(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def wake(self) -> None:
+        """Wake the worker now instead of at the next ``flush_interval``."""
+        self._wake.set()
+
+    def _process_here(self, items: List[Any]) -> None:
+        """Deliver on the calling thread, marked like the worker so its logging is ignored."""
+        with marked_busy():
+            self._process(items)
+
+    def _run(self) -> None:
+        with marked_busy():
+            self._loop()
+
+    def _loop(self) -> None:
+        delivery = self.delivery
+        delivery.begin()
+        while True:
+            try:
+                self._wake.wait(self.flush_interval)
+                self._wake.clear()
+                self._woken = False  # after the clear: a wake in between is kept, not lost
+                self.report_full()
+                delivery.work()
+                if self.closed and not self._queue:
+                    self.report_full()
+                    delivery.end()
+                    return
+            except Exception as exc:  # pragma: no cover - a dead worker would lose everything
+                _report.warn(f"worker-{self.serial}", f"worker error {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ for the delivery
+
+    def take(self, limit: Optional[int] = None) -> List[Any]:
+        """Take up to ``limit`` (default ``batch_size``) items off the queue, oldest first."""
+        queue = self._queue
+        ledger = self.ledger
+        with ledger.lock:
+            n = min(len(queue), self.batch_size if limit is None else limit)
+            items = [queue.popleft() for _ in range(n)]
+            ledger.taken += n
+        return items
+
+    def drain(self) -> None:
+        """Deliver everything queued, one batch at a time."""
+        while True:
+            items = self.take()
+            if not items:
+                return
+            self._process(items)
+            self.report_full()  # between batches: a slow receiver must not delay the report
+
+    def encode_all(self, items: List[Any]) -> Batch:
+        """Encode ``items``; those that cannot become a message are reported, not counted."""
+        messages: List[Optional[Dict[str, Any]]] = []
+        parts: List[bytes] = []
+        dropped = 0
+        encode = self.encode
+        for item in items:
+            try:
+                message, data = encode(item)
+            except Exception as exc:
+                if not isinstance(exc, SegmentError):  # a bug or a hostile object: report
+                    reason = f"could not build the message: {type(exc).__name__}: {exc}"
+                    exc = InvalidMessage(reason)
+                self.callbacks.refused([item], exc)
+                dropped += 1
+                continue
+            messages.append(message)
+            parts.append(data)
+        return Batch(messages, parts, dropped)
+
+    def _process(self, items: List[Any]) -> None:
+        """Encode, cut by bytes and deliver ``items``; settle each one."""
+        batch = self.encode_all(items)
+        self.send_cut(batch.messages, batch.parts)
+        # Counted last: flush() compares counts, and counting these early would let
+        # it return before the earlier items of this batch were sent.
+        if batch.dropped:
+            self.ledger.settle(dropped=batch.dropped)
+
+    def send_cut(self, messages: List[Optional[Dict[str, Any]]], parts: List[bytes]) -> None:
+        """Deliver ``parts`` in requests that each fit the request size; settle them."""
+        for start, end in cut_by_bytes(parts, self.max_bytes):
+            self._send(messages[start:end], parts[start:end])
+
+    def deliver(self, parts: List[bytes]) -> List[Outcome]:
+        """POST ``parts`` through the transport; a transport bug becomes a failed outcome."""
+        try:
+            return self.transport.deliver(parts, self.deadline)
+        except Exception as exc:  # a transport bug must settle the batch, not kill the worker
+            return [(0, len(parts), transport_failure(len(parts), exc))]
+
+    def _send(self, messages: List[Optional[Dict[str, Any]]], parts: List[bytes]) -> None:
+        # Callbacks first, counts second: once flush() returns, the callbacks have run.
+        for start, end, outcome in self.deliver(parts):
+            retries = max(outcome.attempts - 1, 0)
+            data = functools.partial(messages_of, messages[start:end], parts[start:end])
+            self.callbacks.sent(data, outcome)
+            if isinstance(outcome, DeliveryError):
+                self.ledger.settle(failed=end - start, retries=retries)
+            else:
+                self.ledger.settle(delivered=end - start, retries=retries)
+
+    def report_full(self) -> None:
+        """Tell ``on_failure`` how many items a full queue dropped since the last report."""
+        ledger = self.ledger
+        with ledger.lock:
+            count, ledger.unreported_full = ledger.unreported_full, 0
+        if count:
+            self.callbacks.full(count, self.max_queue_size)
+
+    def goal(self) -> int:
+        """Under the lock: the settled count at which everything queued until now is done."""
+        return self.ledger.taken + len(self._queue)
+
+    def wait_settled(self, end: float) -> bool:
+        """Wait (until ``end``) until everything queued before the call is settled."""
+        ledger = self.ledger
+        with ledger.lock:
+            goal = self.goal()
+            if ledger.settled() >= goal:
+                return True
+        if self._thread is None and not self.closed and not self.inline:
+            self.start()
+        self._wake.set()
+        return self.wait(lambda: ledger.settled() >= goal, end)
+
+    def wait(
+        self,
+        done: Callable[[], bool],
+        end: float,
+        *,
+        probe: Optional[Callable[[], object]] = None,
+        gave_up: Optional[Callable[[], bool]] = None,
+    ) -> bool:
+        """Wait until ``done()`` holds (True), keeping a worker alive to get there.
+
+        ``done`` and ``gave_up`` run under the ledger's lock, ``probe`` just before
+        without it (for what needs another lock). False at ``end``, once closed at the
+        close deadline plus :data:`CLOSE_GRACE`, when ``gave_up()``, and at once on
+        the worker or under the logging lock, where waiting could deadlock. With no
+        worker left it delivers here (inline mode) or starts one again.
+        """
+        waiting = may_wait()
+        ledger = self.ledger
+        while True:
+            if probe is not None:
+                probe()
+            with ledger.lock:
+                if done():
+                    return True
+                if not waiting or (gave_up is not None and gave_up()):
+                    return False
+                limit = min(end, self.deadline.at + CLOSE_GRACE) if self.closed else end
+                remaining = limit - time.monotonic()
+                if remaining <= 0:
+                    return False
+                inline_work = self.inline and bool(self._queue)
+                if not inline_work:
+                    if self.worker_alive() or self.inline:
+                        # Bounded: a worker that dies or a close is noticed without a notify.
+                        ledger.changed.wait(min(remaining, 0.5))
+                        continue
+                    if self.closed:
+                        return False  # no worker left; close() settles the rest
+            if inline_work:
+                self._drain_here()
+            else:
+                self.start()
+
+    def _drain_here(self) -> None:
+        while True:
+            items = self.take()
+            if not items:
+                return
+            self._process_here(items)
+
+    # ------------------------------------------------------------------ flush, close
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until everything queued before the call is delivered or failed.
+
+        True when it all settled, False at the timeout. On the worker thread or
+        while the logging lock is held (a handler closed by ``dictConfig``) it
+        only wakes the worker: waiting there could deadlock. Once closed it never
+        waits past the close deadline (``logging.shutdown`` flushes without a timeout).
+        """
+        self.check_fork()
+        return self.delivery.flush(timeout)
+
+    def persist(self, timeout: Optional[float] = None) -> bool:
+        """Wait until everything queued before the call is safe from a killed process.
+
+        In memory that means delivered (:meth:`flush`); through a spool, on disk.
+        False at the timeout.
+        """
+        self.check_fork()
+        return self.delivery.persist(timeout)
+
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Deliver what can be delivered within ``timeout`` (default ``shutdown_timeout``).
+
+        Safe to call twice. True when nothing was left undelivered.
+        """
+        self.begin_close(timeout)
+        return self.wait_closed()
+
+    def begin_close(self, timeout: Optional[float] = None) -> None:
+        """Stop taking items and set the close deadline; :meth:`wait_closed` waits for it."""
+        self.check_fork()
+        limit = self.shutdown_timeout if timeout is None else timeout
+        with self.ledger.lock:
+            self.closed = True
+        self.deadline.set(time.monotonic() + limit)
+        self._wake.set()
+        self.delivery.closing()
+
+    def wait_closed(self) -> bool:
+        """Wait for the worker until the close deadline, plus a grace; True when all was sent."""
+        self.check_fork()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            if _lifecycle.logging_lock_held():
+                return False  # the worker finishes in the background; exit waits for it
+            # A little past the deadline, so the worker can report what failed. The end is
+            # absolute: a second close() (logging.shutdown after atexit) does not wait again.
+            thread.join(max(self.deadline.at + CLOSE_GRACE - time.monotonic(), 0.0))
+            if thread.is_alive():
+                self._report_stuck()
+                return False
+        elif thread is None and self._queue:
+            self._drain_here()  # never started (or cannot start): deliver on this thread
+        self._sweep_after_close()
+        self.delivery.release()
+        self.transport.close()
+        ledger = self.ledger
+        with ledger.lock:
+            return (
+                ledger.failed == 0
+                and ledger.dropped_worker == 0
+                and not self._queue
+                and self.delivery.holds_nothing()
+            )
+
+    def _report_stuck(self) -> None:
+        """The worker is stuck in a request the receiver does not answer: what is still
+        queued will not be sent before exit. Say so now rather than never."""
+        self._sweep_queue("still queued at the close deadline: not sent")
+        with self.ledger.lock:  # the swept ones are settled (dropped) by now
+            in_flight = self.ledger.taken - self.ledger.settled()
+        if in_flight > 0:
+            _report.warn(
+                f"in-flight-{self.serial}",
+                f"{in_flight} message{'s' if in_flight != 1 else ''} in a request the "
+                "receiver had not answered at the close deadline: outcome unknown",
+            )
+
+    def _sweep_after_close(self) -> None:
+        if self.worker_alive():
+            return
+        self._sweep_queue("still queued at close: not sent")
+
+    def _sweep_queue(self, why: str) -> None:
+        """Settle what is still queued as dropped, reported with ``why``."""
+        with self.ledger.lock:
+            left = list(self._queue)
+            self._queue.clear()
+            self.ledger.taken += len(left)
+        if left:
+            plural = "s" if len(left) != 1 else ""
+            error = ClosedError(f"{len(left)} message{plural} {why}", count=len(left))
+            _report.warn(f"swept-{self.serial}", error.reason)
+            self.callbacks.refused(left, error)
+            self.ledger.settle(dropped=len(left))
+
+    # ------------------------------------------------------------------ fork, stats
+
+    def check_fork(self) -> None:
+        """A fork that skipped the fork hooks (some servers fork from C): reset now."""
+        if self._pid != os.getpid():
+            _lifecycle.after_fork_in_child()
+            self.after_fork_in_child()
+
+    def after_fork_in_child(self) -> None:
+        """The child starts empty: what the parent held is the parent's to deliver."""
+        if self._pid == os.getpid():
+            return
+        self._fresh_state()
+        self.transport.reset_after_fork()
+        self.delivery.after_fork_in_child()
+
+    def stats(self) -> Dict[str, int]:
+        """Counters; ``enqueued == delivered + failed + dropped + pending`` always holds."""
+        self.check_fork()
+        extra = self.delivery.stats()
+        with self.ledger.lock:
+            counts = self.ledger.counts(len(self._queue))
+        counts.update(extra)
+        return counts
+
+
+def make_pipeline(
+    options: Options,
+    encode: Optional[Encode] = None,
+    describe: Optional[Callable[[Any], Any]] = None,
+) -> Pipeline:
+    """The queue, worker, transport and (with ``spool_path``) disk spool of ``options``.
+
+    ``encode`` turns a queued item into its message and bytes, on the worker;
+    ``describe``, an item into what ``on_failure`` receives when it cannot be sent.
+    """
+    settings: Dict[str, Any] = {
+        "batch_size": options.batch_size,
+        "flush_interval": options.flush_interval,
+        "max_queue_size": options.max_queue_size,
+        "shutdown_timeout": options.shutdown_timeout,
+        "on_success": options.on_success,
+        "on_failure": options.on_failure,
+        "sync_mode": options.sync_mode,
+    }
+    if encode is not None:
+        settings["encode"] = encode
+    if describe is not None:
+        settings["describe"] = describe
+    if options.spool_path is not None:
+        # sqlite3 is only imported when a spool is used.
+        from ._spool import Spool
+        from ._spooled import SpoolDelivery
+
+        spool = Spool(
+            options.spool_path, max_bytes=options.spool_max_bytes, max_age=options.spool_max_age
+        )
+        settings["delivery"] = SpoolDelivery(spool)
+    return Pipeline(transport_for(options), **settings)
+
+
+_lifecycle.on_fork_in_child(reset_message_ids)  # or parent and child send the same messageIds
