@@ -3,6 +3,10 @@
 Every option takes a JSON-friendly value so that ``dictConfig``, ``fileConfig``,
 Django settings and YAML files can set it; numbers and booleans may also be
 given as strings, and a callable as a dotted path (``"package.module.function"``).
+
+Each option is one field of :class:`Options`, which holds its default and the
+check a given value must pass; :func:`resolve_options` reads the checks from
+those fields, so adding an option is adding one field.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import importlib
 import json
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Dict, Mapping, Optional
+from types import MappingProxyType
+from typing import Any, Callable, Dict, Mapping, Optional, TypeVar
 from urllib.parse import urlsplit
 
 from ._message import _STANDARD_RECORD_ATTRS, MAX_BATCH_COUNT, RESERVED_FIELDS, SESSION_ID
@@ -23,41 +28,12 @@ MIN_SPOOL_MAX_BYTES = 64 * 1024  # two Segment-sized messages, with room to spar
 SuccessCallback = Callable[[Any, Any], Any]
 FailureCallback = Callable[[Any, Any], Any]
 
+Check = Callable[[str, Any], Any]
+"""``check(name, value)``: the value to keep for option ``name``, or TypeError (wrong
+type) or ValueError (out of range) with a message that starts with ``name``."""
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-
-
-@dataclass(frozen=True)
-class Options:
-    """Validated settings of a handler or client. Build it with :func:`resolve_options`."""
-
-    write_key: Optional[str] = field(default=None, repr=False)  # a secret: kept out of reprs
-    host: str = DEFAULT_HOST
-    gzip: bool = True
-    batch_size: int = 100
-    flush_interval: float = 0.5
-    max_queue_size: int = 10_000
-    timeout: float = 15.0
-    max_retries: int = 10
-    retry_budget: float = 60.0
-    shutdown_timeout: float = 5.0
-    on_success: Optional[SuccessCallback] = None
-    on_failure: Optional[FailureCallback] = None
-    send: bool = True
-    sync_mode: bool = False
-    capture_extra: bool = False
-    field_names: Dict[str, str] = field(default_factory=dict)
-    spool_path: Optional[str] = None
-    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
-    spool_max_age: Optional[float] = None
-
-
-def env_var(name: str) -> str:
-    """The environment variable that sets option ``name``."""
-    return "SEGMENT_" + name.upper()
-
-
-OPTION_NAMES = tuple(f.name for f in fields(Options))
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -74,25 +50,39 @@ def _bool(name: str, value: Any) -> bool:
     raise TypeError(f"{name} must be a boolean (true/false), got {value!r}")
 
 
-def _number(name: str, value: Any, kind: type, low: float, high: Optional[float]) -> Any:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {value!r}")
+def _number(kind: type, low: float, high: Optional[float] = None) -> Check:
+    """The check of a number of type ``kind`` (int or float) from ``low`` to ``high``."""
     what = "an integer" if kind is int else "a number"
-    if isinstance(value, str):
-        try:
-            value = kind(value.strip())
-        except ValueError:
-            raise TypeError(f"{name} must be {what}, got {value!r}") from None
-    if kind is int and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if kind is float and isinstance(value, int):
-        value = float(value)
-    if not isinstance(value, kind):
-        raise TypeError(f"{name} must be {what}, got {value!r}")
-    if value != value or value < low or (high is not None and value > high):  # type: ignore[operator]
-        bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return value
+    bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+
+    def check(name: str, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        if isinstance(value, str):
+            try:
+                value = kind(value.strip())
+            except ValueError:
+                raise TypeError(f"{name} must be {what}, got {value!r}") from None
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if kind is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} must be {what}, got {value!r}")
+        if value != value or value < low or (high is not None and value > high):  # type: ignore[operator]
+            raise ValueError(f"{name} must be {bound}, got {value!r}")
+        return value
+
+    return check
+
+
+def _optional(check: Check) -> Check:
+    """``check``, letting None (the option unset) through."""
+
+    def check_unless_none(name: str, value: Any) -> Any:
+        return None if value is None else check(name, value)
+
+    return check_unless_none
 
 
 def _callback(name: str, value: Any) -> Optional[Callable[..., Any]]:
@@ -103,41 +93,6 @@ def _callback(name: str, value: Any) -> Optional[Callable[..., Any]]:
     if not callable(value):
         raise TypeError(f"{name} must be a callable or a dotted path to one, got {value!r}")
     return value  # type: ignore[no-any-return]
-
-
-def resolve_dotted(name: str, path: str) -> Any:
-    """Import ``"package.module.attr"`` (or ``"package.module:attr"``, or ``"ext://..."``).
-
-    The attribute may be nested (``"package.module.Class.method"``): the longest
-    importable module prefix is imported and the rest is looked up on it.
-    """
-    text = path.strip()
-    if text.startswith("ext://"):
-        text = text[len("ext://") :]
-    parts = text.replace(":", ".").split(".")
-    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
-        raise ValueError(
-            f"{name} must be a dotted path such as 'package.module.function', got {path!r}"
-        )
-    module = None
-    error: Optional[ImportError] = None
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            module = importlib.import_module(".".join(parts[:cut]))
-        except ImportError as exc:
-            error = error or exc
-            continue
-        break
-    if module is None:
-        raise ValueError(f"{name}: cannot import {parts[0]!r} from {path!r}: {error}") from None
-    found: Any = module
-    for attr in parts[cut:]:
-        try:
-            found = getattr(found, attr)
-        except AttributeError:
-            owner = ".".join(parts[: parts.index(attr, cut)])
-            raise ValueError(f"{name}: {owner!r} has no attribute {attr!r} ({path!r})") from None
-    return found
 
 
 def _field_names(name: str, value: Any) -> Dict[str, str]:
@@ -217,36 +172,99 @@ def _spool_path(name: str, value: Any) -> str:
     return os.path.expanduser(text)
 
 
-def _convert(name: str, value: Any) -> Any:
-    if name == "write_key":
-        return _write_key(name, value)
-    if name == "host":
-        return _host(name, value)
-    if name in ("gzip", "send", "sync_mode", "capture_extra"):
-        return _bool(name, value)
-    if name == "batch_size":
-        return _number(name, value, int, 1, MAX_BATCH_COUNT)
-    if name == "max_queue_size":
-        return _number(name, value, int, 1, None)
-    if name == "max_retries":
-        return _number(name, value, int, 0, 100)
-    if name == "flush_interval":
-        return _number(name, value, float, 0.001, 3600)
-    if name in ("timeout",):
-        return _number(name, value, float, 0.001, 3600)
-    if name in ("retry_budget", "shutdown_timeout"):
-        return _number(name, value, float, 0, 86_400)
-    if name in ("on_success", "on_failure"):
-        return _callback(name, value)
-    if name == "field_names":
-        return _field_names(name, value)
-    if name == "spool_path":
-        return _spool_path(name, value)
-    if name == "spool_max_bytes":
-        return _number(name, value, int, MIN_SPOOL_MAX_BYTES, None)
-    if name == "spool_max_age":
-        return _number(name, value, float, 0.001, None)
-    raise AssertionError(name)  # pragma: no cover
+_CHECK = "check"  # the key of a field's check in its metadata
+_T = TypeVar("_T")
+
+
+def _option(default: _T, check: Check, *, secret: bool = False) -> _T:
+    """A field of :class:`Options`: its default and the check of a given value.
+
+    It returns ``dataclasses.field(...)``; ruff's RUF009 sees only a call, hence
+    the ``noqa`` where the field's type is not one it knows to be immutable.
+    """
+    return field(default=default, repr=not secret, metadata={_CHECK: check})
+
+
+def _option_made_by(factory: Callable[[], _T], check: Check) -> _T:
+    """A field whose default is mutable: each instance gets its own from ``factory``."""
+    return field(default_factory=factory, metadata={_CHECK: check})
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated settings of a handler or client. Build it with :func:`resolve_options`.
+
+    Each field is one option: its default, then the check that a keyword argument
+    or the text of its ``SEGMENT_<NAME>`` variable passes, bounds included.
+    """
+
+    write_key: Optional[str] = _option(None, _write_key, secret=True)  # kept out of reprs
+    host: str = _option(DEFAULT_HOST, _host)
+    gzip: bool = _option(True, _bool)
+    batch_size: int = _option(100, _number(int, 1, MAX_BATCH_COUNT))
+    flush_interval: float = _option(0.5, _number(float, 0.001, 3600))
+    max_queue_size: int = _option(10_000, _number(int, 1))
+    timeout: float = _option(15.0, _number(float, 0.001, 3600))
+    max_retries: int = _option(10, _number(int, 0, 100))
+    retry_budget: float = _option(60.0, _number(float, 0, 86_400))
+    shutdown_timeout: float = _option(5.0, _number(float, 0, 86_400))
+    on_success: Optional[SuccessCallback] = _option(None, _callback)  # noqa: RUF009 - a field()
+    on_failure: Optional[FailureCallback] = _option(None, _callback)  # noqa: RUF009 - a field()
+    send: bool = _option(True, _bool)
+    sync_mode: bool = _option(False, _bool)
+    capture_extra: bool = _option(False, _bool)
+    field_names: Dict[str, str] = _option_made_by(dict, _field_names)  # noqa: RUF009 - a field()
+    spool_path: Optional[str] = _option(None, _optional(_spool_path))
+    spool_max_bytes: int = _option(DEFAULT_SPOOL_MAX_BYTES, _number(int, MIN_SPOOL_MAX_BYTES))
+    spool_max_age: Optional[float] = _option(None, _optional(_number(float, 0.001)))
+
+
+OPTION_NAMES = tuple(f.name for f in fields(Options))
+
+# The check of each option, read from its field; a field without one fails here, at import.
+OPTION_CHECKS: Mapping[str, Check] = MappingProxyType(
+    {f.name: f.metadata[_CHECK] for f in fields(Options)}
+)
+
+
+def env_var(name: str) -> str:
+    """The environment variable that sets option ``name``."""
+    return "SEGMENT_" + name.upper()
+
+
+def resolve_dotted(name: str, path: str) -> Any:
+    """Import ``"package.module.attr"`` (or ``"package.module:attr"``, or ``"ext://..."``).
+
+    The attribute may be nested (``"package.module.Class.method"``): the longest
+    importable module prefix is imported and the rest is looked up on it.
+    """
+    text = path.strip()
+    if text.startswith("ext://"):
+        text = text[len("ext://") :]
+    parts = text.replace(":", ".").split(".")
+    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+        raise ValueError(
+            f"{name} must be a dotted path such as 'package.module.function', got {path!r}"
+        )
+    module = None
+    error: Optional[ImportError] = None
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            module = importlib.import_module(".".join(parts[:cut]))
+        except ImportError as exc:
+            error = error or exc
+            continue
+        break
+    if module is None:
+        raise ValueError(f"{name}: cannot import {parts[0]!r} from {path!r}: {error}") from None
+    found: Any = module
+    for attr in parts[cut:]:
+        try:
+            found = getattr(found, attr)
+        except AttributeError:
+            owner = ".".join(parts[: parts.index(attr, cut)])
+            raise ValueError(f"{name}: {owner!r} has no attribute {attr!r} ({path!r})") from None
+    return found
 
 
 def resolve_options(
@@ -266,13 +284,14 @@ def resolve_options(
             f"the options are {', '.join(OPTION_NAMES)}"
         )
     values: Dict[str, Any] = {}
-    for name in OPTION_NAMES:
+    for name, check in OPTION_CHECKS.items():
+        variable = env_var(name)
         if given.get(name) is not None:
-            values[name] = _convert(name, given[name])
-        elif env.get(env_var(name)) not in (None, ""):
-            label = f"{name} (from {env_var(name)})"
+            values[name] = check(name, given[name])
+        elif env.get(variable) not in (None, ""):
+            label = f"{name} (from {variable})"
             try:
-                values[name] = _convert(name, env[env_var(name)])
+                values[name] = check(name, env[variable])
             except (TypeError, ValueError) as exc:
                 raise type(exc)(str(exc).replace(name, label, 1)) from None
     options = Options(**values)

@@ -13,6 +13,7 @@ import pytest
 from segmentio_logging import Client, SegmentHandler
 from segmentio_logging._options import (
     DEFAULT_HOST,
+    OPTION_CHECKS,
     OPTION_NAMES,
     Options,
     env_var,
@@ -64,6 +65,9 @@ VALID = [
     ("spool_max_bytes", 1_000_000, "1000000", 1_000_000),
     ("spool_max_age", 86_400, "86400", 86_400.0),
 ]
+
+# The examples above by option name, for the tests that run over the table of options.
+EXAMPLES = {row[0]: row for row in VALID}
 
 # One invalid value per option: (name, value, expected exception type).
 INVALID = [
@@ -143,6 +147,47 @@ class TestDefaults:
         options = resolve(write_key="very-secret-key")
         assert "very-secret-key" not in repr(options)
         assert options.write_key == "very-secret-key"
+
+
+class TestTheTable:
+    def test_every_field_of_options_has_a_check(self) -> None:
+        """The table of checks holds exactly the fields of Options, in their order."""
+        assert tuple(OPTION_CHECKS) == OPTION_NAMES
+        assert all(callable(check) for check in OPTION_CHECKS.values())
+
+    @pytest.mark.parametrize("name", OPTION_NAMES)
+    def test_the_default_passes_the_check(self, name: str) -> None:
+        """Each option's default, given back to its own check, comes out unchanged."""
+        default = getattr(Options(), name)
+        assert default == DEFAULTS[name]
+        assert OPTION_CHECKS[name](name, default) == default
+
+    @pytest.mark.parametrize("name", OPTION_NAMES)
+    def test_every_option_reads_its_variable(self, name: str) -> None:
+        """Each option in the table, left unset, takes the value of SEGMENT_<NAME>."""
+        assert name in EXAMPLES, f"add an example value for {name} to VALID"
+        _, _, text, expected = EXAMPLES[name]
+        assert expected != DEFAULTS[name]  # so the value can only have come from the variable
+        environ = {env_var(name): text}
+        if name != "write_key":
+            environ["SEGMENT_WRITE_KEY"] = "k"
+        assert getattr(resolve(environ), name) == expected
+
+    @pytest.mark.parametrize("name", OPTION_NAMES)
+    def test_a_wrong_type_raises_naming_the_option(self, name: str) -> None:
+        """A value of no option's type raises TypeError whose message starts with the option."""
+        with pytest.raises(TypeError) as info:
+            resolve(**{"send": False, name: object()})
+        assert str(info.value).startswith(name)
+        with pytest.raises(TypeError, match=f"^{name}"):
+            OPTION_CHECKS[name](name, object())
+
+    @pytest.mark.parametrize("name", OPTION_NAMES)
+    @pytest.mark.parametrize("build", [SegmentHandler, Client], ids=["SegmentHandler", "Client"])
+    def test_constructors_check_every_option(self, build: Any, name: str) -> None:
+        """SegmentHandler and Client raise for a wrong type of any option when they are built."""
+        with pytest.raises(TypeError, match=f"^{name}"):
+            build(**{"send": False, name: object()})
 
 
 class TestEnvironment:
