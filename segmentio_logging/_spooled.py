@@ -9,20 +9,19 @@ outage they stay on disk and the sender backs off. See docs/spool.md.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
 import threading
 import time
-import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from . import _report
 from ._delivery import Host
 from ._errors import DeliveryError, SpoolError
 from ._lifecycle import CLOSE_GRACE, busy_threads, end_of, marked_busy
 from ._spool import Spool, SpoolKey
+from ._spooled_counted import CountedSpool
 from ._transport import Response, is_retryable
 
 # Events per spool transaction, and the longest wait between two delivery
@@ -32,7 +31,6 @@ SPOOL_CHUNK = 1_000
 SPOOL_RETRY_CAP = 30.0
 
 _T = TypeVar("_T")
-_live: weakref.WeakSet[SpoolDelivery] = weakref.WeakSet()
 
 
 class _Backoff:
@@ -61,11 +59,9 @@ class SpoolDelivery:
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
         # The delivery counts and reports what the spool drops or loses.
-        spool.on_drop = self._spool_dropped
-        spool.on_error = self._spool_error
+        self._counted = CountedSpool(spool, self._report_losses)
         self._host: Optional[Host] = None
         self._fresh_state()
-        _live.add(self)
 
     def __repr__(self) -> str:
         return f"<SpoolDelivery {self.spool.directory}>"
@@ -74,9 +70,7 @@ class SpoolDelivery:
         # The spool's own state is reset by its fork hook.
         self._pid = os.getpid()
         self._spool_on = True  # False once the spool proved unusable
-        self._spool_lock = threading.Lock()  # one spool call and its bookkeeping at a time
         self._spool_opened = threading.Event()
-        self._spool_closed = False
         self._sender: Optional[threading.Thread] = None
         self._send_wake = threading.Event()
         # Under the pipeline's ledger lock:
@@ -86,9 +80,6 @@ class SpoolDelivery:
         self._recovered_lost = 0  # orphans' events refused for good, or dropped
         self._giveups = 0  # attempts that ended with events left on disk, for flush()
         self._flush_requests = 0  # flush() calls, each worth an attempt during a backoff
-        # Under self._spool_lock:
-        self._own_on_disk = 0  # own events in the spool
-        self._losses: List[SpoolError] = []  # reported by the spool during a call
 
     @property
     def host(self) -> Host:
@@ -116,39 +107,6 @@ class SpoolDelivery:
 
     # ------------------------------------------------------------------ the spool
 
-    def _spool_do(self, call: Callable[[Spool], _T], *, reconcile: bool = True) -> _T:
-        """Run ``call(spool)`` alone, then count and report what the spool dropped or lost.
-
-        Which events a bound or a corrupt file took is not said by the spool, only
-        how many: this process's own events are those missing from its own file
-        (``Spool.own``) beyond what was removed after delivery, and the rest of
-        what was reported came from orphans.
-        """
-        spool = self.spool
-        lost_own = 0
-        losses: List[SpoolError] = []
-        try:
-            with self._spool_lock:
-                try:
-                    return call(spool)
-                finally:
-                    losses, self._losses = self._losses, []
-                    if reconcile:
-                        _, stored = spool.own()
-                        lost_own = max(self._own_on_disk - stored, 0)
-                        self._own_on_disk = stored
-        finally:
-            if losses or lost_own:
-                self._report_losses(losses, lost_own)
-
-    def _spool_dropped(self, count: int, reason: str) -> None:
-        """The spool's ``on_drop``: runs inside a :meth:`_spool_do` call."""
-        self._losses.append(SpoolError(reason, count=count, path=self.spool.directory))
-
-    def _spool_error(self, error: SpoolError) -> None:
-        """The spool's ``on_error``: runs inside a :meth:`_spool_do` call."""
-        self._losses.append(error)
-
     def _report_losses(self, losses: List[SpoolError], lost_own: int) -> None:
         host = self.host
         for error in losses:
@@ -160,18 +118,8 @@ class SpoolDelivery:
     def _close_spool(self) -> None:
         """Release the spool; what it still holds is left for the next process."""
         host = self.host
-        with host.ledger.lock:
-            if self._spool_closed:
-                return
-            self._spool_closed = True
-
-        def close(spool: Spool) -> int:
-            left = spool.pending()[0]
-            spool.close()
-            return left
-
         try:
-            left = self._spool_do(close, reconcile=False)
+            left = self._counted.close()
         except SpoolError as error:  # pragma: no cover - close only releases files
             _report.warn(f"spool-close-{host.serial}", f"spool: {error.reason}")
             return
@@ -213,7 +161,7 @@ class SpoolDelivery:
         """Open the spool and claim orphans, or fall back to memory for good."""
         host = self.host
         try:
-            self._spool_do(lambda spool: spool.open())
+            self._counted.do(lambda spool: spool.open())
         except SpoolError as error:
             self._spool_on = False
             self._spool_opened.set()  # before the callback, which may call flush()
@@ -247,7 +195,7 @@ class SpoolDelivery:
             batch = host.encode_all(items)
             if batch.parts:
                 try:
-                    self._spool_do(functools.partial(self._append, parts=batch.parts))
+                    self._counted.append(batch.parts)
                 except SpoolError as error:  # nothing was stored (disk full, I/O error)
                     _report.warn(
                         f"spool-write-{host.serial}",
@@ -259,11 +207,6 @@ class SpoolDelivery:
                 self._stored += len(items)
                 ledger.dropped_worker += batch.dropped
             self._send_wake.set()
-
-    def _append(self, spool: Spool, parts: List[bytes]) -> int:
-        keys = spool.append(parts)
-        self._own_on_disk += len(keys)  # a bound may have dropped some: _spool_do counts them
-        return len(keys)
 
     # ------------------------------------------------------------------ sender side
 
@@ -304,7 +247,7 @@ class SpoolDelivery:
         host = self.host
         while True:
             try:
-                rows, own = self._spool_do(self._read_batch)
+                rows, own = self._counted.do(self._read_batch)
             except SpoolError as error:
                 _report.warn(f"spool-read-{host.serial}", f"spool: {error.reason}")
                 self._note_outage(backoff, None, 0)
@@ -348,19 +291,13 @@ class SpoolDelivery:
         how many of its rows could not be removed.
 
         A bound (``spool_max_bytes``, ``spool_max_age``) may have deleted some of
-        these rows while they were in flight: :meth:`_spool_do` already counted
+        these rows while they were in flight: the counted spool already counted
         and reported those as dropped, so only the rows removed here reach the
         callback and the counts, and no event is both dropped and delivered.
         """
         host = self.host
-
-        def remove(spool: Spool) -> List[SpoolKey]:
-            removed = spool.remove([key for key, _ in rows])
-            self._own_on_disk -= sum(1 for key in removed if key[0] == own)
-            return removed
-
         try:
-            removed = set(self._spool_do(remove))
+            removed = set(self._counted.remove([key for key, _ in rows], own))
         except SpoolError as error:  # the rows stay on disk: sent again, deduplicated on messageId
             _report.warn(f"spool-remove-{host.serial}", f"spool: {error.reason}")
             removed = set()
@@ -494,15 +431,13 @@ class SpoolDelivery:
             self._close_spool()  # the worker did, unless it never ran
 
     def holds_nothing(self) -> bool:
-        return self._own_on_disk == 0
+        return self._counted.own_on_disk == 0
 
     def after_fork_in_child(self) -> None:
         if self._pid == os.getpid():
             return
         self._fresh_state()
-        # A file of its own: the parent's stay the parent's (the spool's fork hook
-        # has usually done this already; it is idempotent).
-        self.spool.reset_after_fork()
+        self._counted.after_fork_in_child()
 
     def stats(self) -> Dict[str, int]:
         """The spool's counts: ``spooled`` (events in the spool files this process holds,
@@ -533,35 +468,3 @@ def _decode(rows: Sequence[Tuple[SpoolKey, bytes]]) -> List[Any]:
         except ValueError:  # pragma: no cover - the worker only stores what it encoded
             out.append(data.decode("utf-8", "replace"))
     return out
-
-
-# Spool locks taken before a fork: no thread of ours is then inside SQLite, whose
-# internal mutexes a child would otherwise inherit locked (and hang on).
-_held_at_fork: List[threading.Lock] = []
-FORK_WAIT = 2.0  # seconds a fork waits for a spool call in progress, at most
-
-
-def _before_fork() -> None:
-    pid = os.getpid()
-    for delivery in list(_live):
-        if delivery._pid == pid:
-            lock = delivery._spool_lock
-            if lock.acquire(timeout=FORK_WAIT):
-                _held_at_fork.append(lock)
-
-
-def _after_fork_in_parent() -> None:
-    while _held_at_fork:
-        _held_at_fork.pop().release()
-
-
-def _after_fork_in_child() -> None:
-    _held_at_fork.clear()  # the child's deliveries get new locks
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
