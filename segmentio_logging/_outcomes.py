@@ -81,13 +81,13 @@ class Ledger:
             if delivered or failed or batch:
                 self.batches += 1
 
-    def settled(self) -> int:
+    def settled_count(self) -> int:
         """Under the lock: items that reached their end (delivered, failed, dropped)."""
         return self.delivered + self.failed + self.dropped_worker
 
     def counts(self, queued: int) -> Dict[str, int]:
         """Under the lock: the counters as ``stats()`` gives them, ``queued`` still queued."""
-        in_flight = self.taken - self.settled()
+        in_flight = self.taken - self.settled_count()
         return {
             "enqueued": self.taken + queued + self.dropped_caller,
             "delivered": self.delivered,

@@ -299,12 +299,12 @@ class Pipeline:
         ledger = self.ledger
         with ledger.lock:
             goal = self.goal()
-            if ledger.settled() >= goal:
+            if ledger.settled_count() >= goal:
                 return True
         if self._thread is None and not self.closed and not self.inline:
             self.start()
         self._wake.set()
-        return self.wait(lambda: ledger.settled() >= goal, end)
+        return self.wait(lambda: ledger.settled_count() >= goal, end)
 
     def wait(
         self,
@@ -428,7 +428,7 @@ class Pipeline:
         queued will not be sent before exit. Say so now rather than never."""
         self._sweep_queue("still queued at the close deadline: not sent")
         with self.ledger.lock:  # the swept ones are settled (dropped) by now
-            in_flight = self.ledger.taken - self.ledger.settled()
+            in_flight = self.ledger.taken - self.ledger.settled_count()
         if in_flight > 0:
             _report.warn(
                 f"in-flight-{self.serial}",

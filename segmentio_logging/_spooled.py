@@ -388,7 +388,7 @@ class SpoolDelivery:
             orphans_left = self._orphans_held()
 
         def done() -> bool:
-            return ledger.settled() >= goal and (
+            return ledger.settled_count() >= goal and (
                 orphans_left == 0
                 or self._recovered + self._recovered_lost - orphans_settled >= orphans
             )
@@ -411,7 +411,7 @@ class SpoolDelivery:
         ledger = host.ledger
 
         def done() -> bool:
-            return self._stored >= goal or ledger.settled() >= goal
+            return self._stored >= goal or ledger.settled_count() >= goal
 
         with ledger.lock:
             goal = host.goal()

@@ -698,3 +698,103 @@ class TestCloseBehindAHungRequest:
         assert counts["enqueued"] == 21
         assert "1 message in a request the receiver had not answered" in capfd.readouterr().err
         collector.release_hangs()
+
+
+class RecordingDelivery:
+    """A delivery of the test's own: records the pipeline's calls, sends in memory."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.calls: List[str] = []
+        self.host: Any = None
+        self.worker_threads: Set[str] = set()
+
+    def attach(self, pipeline: Any) -> None:
+        self.calls.append("attach")
+        self.host = pipeline
+
+    def begin(self) -> None:
+        self.calls.append("begin")
+        self.worker_threads.add(threading.current_thread().name)
+
+    def work(self) -> None:
+        self.worker_threads.add(threading.current_thread().name)
+        self.host.drain()
+
+    def end(self) -> None:
+        self.calls.append("end")
+
+    def flush(self, timeout: Optional[float]) -> bool:
+        self.calls.append("flush")
+        result: bool = self.host.wait_settled(time.monotonic() + (timeout or 10))
+        return result
+
+    def persist(self, timeout: Optional[float]) -> bool:
+        self.calls.append("persist")
+        return self.flush(timeout)
+
+    def closing(self) -> None:
+        self.calls.append("closing")
+
+    def release(self) -> None:
+        self.calls.append("release")
+
+    def holds_nothing(self) -> bool:
+        return True
+
+    def after_fork_in_child(self) -> None:
+        self.calls.append("fork")
+
+    def stats(self) -> Dict[str, int]:
+        return {"recorded": len(self.calls)}
+
+
+class TestDeliveryStrategy:
+    def test_the_pipeline_drives_the_delivery_it_holds(self, collector: LocalCollector) -> None:
+        """A pipeline built with a delivery of its own calls it at each step, on the worker."""
+        delivery = RecordingDelivery()
+        transport = Transport(host=collector.url, write_key="k", timeout=5)
+        pipeline = Pipeline(transport, flush_interval=30, delivery=delivery)
+        assert delivery.calls == ["attach"]
+        assert repr(pipeline).startswith("<Pipeline open delivery=recording")
+        for i in range(3):
+            assert pipeline.put(encoded(i))
+        assert pipeline.flush(10)
+        assert [m["messageId"] for m in collector.messages] == ["m0", "m1", "m2"]
+        assert delivery.worker_threads == {WORKER_NAME}
+        assert pipeline.persist(10)
+        stats = pipeline.stats()
+        assert stats["delivered"] == 3
+        assert stats["recorded"] == len(delivery.calls)
+        assert pipeline.close(5) is True
+        assert delivery.calls == [
+            "attach",
+            "begin",
+            "flush",
+            "persist",
+            "flush",
+            "closing",
+            "end",
+            "release",
+        ]
+
+    def test_without_a_delivery_the_pipeline_keeps_events_in_memory(self) -> None:
+        """The default delivery is the in-memory one."""
+        transport = Transport(host="http://127.0.0.1:9", write_key="k")
+        pipeline = Pipeline(transport)
+        try:
+            assert isinstance(pipeline.delivery, MemoryDelivery)
+            assert pipeline.delivery.host is pipeline
+            assert pipeline.stats().keys() == {
+                "enqueued",
+                "delivered",
+                "failed",
+                "dropped",
+                "pending",
+                "queued",
+                "batches",
+                "retries",
+            }
+        finally:
+            pipeline.close(1)

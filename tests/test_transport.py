@@ -14,11 +14,13 @@ from typing import Any, Callable, Iterator, List, Tuple
 import pytest
 
 from segmentio_logging import DeliveryError, Response, __version__, _transport
+from segmentio_logging._message import MAX_BATCH_BYTES
 from segmentio_logging._transport import (
     Deadline,
     Outcome,
     Transport,
     backoff,
+    cut_by_bytes,
     is_retryable,
     retry_after,
 )
@@ -560,3 +562,32 @@ class TestDeadline:
         error = only_error(make_transport(timeout=30).deliver(encoded(1), deadline))
         assert time.monotonic() - began < 3.0
         assert error.status is None
+
+
+class TestCutByBytes:
+    @pytest.mark.parametrize(
+        ("sizes", "limit", "slices"),
+        [
+            ([], 100, []),
+            ([10, 10, 10], 100, [(0, 3)]),
+            ([10, 10, 10], 22, [(0, 2), (2, 3)]),  # each part counts one comma
+            ([10, 10, 10], 21, [(0, 1), (1, 2), (2, 3)]),
+            ([50, 10], 20, [(0, 1), (1, 2)]),  # a part over the limit is a slice of its own
+            ([5, 60, 5], 20, [(0, 1), (1, 2), (2, 3)]),
+        ],
+    )
+    def test_slices_fit_the_limit(
+        self, sizes: List[int], limit: int, slices: List[Tuple[int, int]]
+    ) -> None:
+        """cut_by_bytes gives consecutive slices that cover every part and fit the limit."""
+        parts = [b"x" * size for size in sizes]
+        assert list(cut_by_bytes(parts, limit)) == slices
+
+    def test_the_transport_knows_what_the_parts_of_one_request_may_take(
+        self, make_transport: MakeTransport
+    ) -> None:
+        """max_parts_bytes leaves room for the envelope, whose size grows with the write key."""
+        short = make_transport(write_key="k")
+        long = make_transport(write_key="k" * 100)
+        assert MAX_BATCH_BYTES - 200 < long.max_parts_bytes < short.max_parts_bytes
+        assert short.max_parts_bytes < MAX_BATCH_BYTES
