@@ -353,9 +353,9 @@ class TestSpoolOrphans:
             spool.open()
             files, seen = set(), []
             while True:
-                files.update(f.path for f in spool._orphans)
+                files.update(f.path for f in spool._held.orphans)
                 batch = spool.oldest(7, 500_000)
-                files.update(f.path for f in spool._orphans)
+                files.update(f.path for f in spool._held.orphans)
                 if not batch:
                     break
                 seen.extend(json.loads(d)["messageId"] for _, d in batch)
