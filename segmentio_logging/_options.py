@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from ._message import _STANDARD_RECORD_ATTRS, MAX_BATCH_COUNT, RESERVED_FIELDS, SESSION_ID
 
 DEFAULT_HOST = "https://api.segment.io"
-DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024  # the same as _spool.DEFAULT_MAX_BYTES
+DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024  # also the disk spool's default (_spool imports it)
 MIN_SPOOL_MAX_BYTES = 64 * 1024  # two Segment-sized messages, with room to spare
 
 SuccessCallback = Callable[[Any, Any], Any]

@@ -1,0 +1,1 @@
+"""Tests of the disk spool (segmentio_logging/_spool/): real files, subprocesses and forks."""
