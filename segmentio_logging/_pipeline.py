@@ -505,8 +505,7 @@ def make_pipeline(
         settings["describe"] = describe
     if options.spool_path is not None:
         # sqlite3 is only imported when a spool is used.
-        from ._spool import Spool
-        from ._spooled import SpoolDelivery
+        from ._spool import Spool, SpoolDelivery
 
         spool = Spool(
             options.spool_path, max_bytes=options.spool_max_bytes, max_age=options.spool_max_age

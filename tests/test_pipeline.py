@@ -28,7 +28,7 @@ from segmentio_logging import (
 )
 from segmentio_logging._delivery import MemoryDelivery
 from segmentio_logging._pipeline import Pipeline
-from segmentio_logging._spooled import SpoolDelivery
+from segmentio_logging._spool import SpoolDelivery
 from segmentio_logging._transport import Deadline, Outcome, Transport
 from segmentio_logging.testing import LocalCollector, Reply
 

@@ -21,8 +21,7 @@ import pytest
 from segmentio_logging import DeliveryError, SegmentHandler
 from segmentio_logging._errors import SpoolError
 from segmentio_logging._pipeline import Pipeline
-from segmentio_logging._spool import Spool
-from segmentio_logging._spooled import SpoolDelivery
+from segmentio_logging._spool import Spool, SpoolDelivery
 from segmentio_logging._transport import Deadline, Transport
 from segmentio_logging.testing import LocalCollector, Reply
 

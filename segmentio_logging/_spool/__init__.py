@@ -10,12 +10,15 @@ Modules, bottom to top; each imports only the ones before it:
 - ``_file``: one SQLite spool file (create, open, insert, read, delete, trim, shrink)
 - ``_claim``: the files a process holds: its own, orphans claimed, locks, corrupt files
 - ``_bounds``: ``spool_max_bytes`` and ``spool_max_age`` over those files
-- ``_store``: :class:`Spool`, the interface the pipeline calls
+- ``_store``: :class:`Spool`, the storage's interface
+- ``_counted``: the spool called one call at a time, with what it drops or loses counted
+- ``_delivery``: :class:`SpoolDelivery`, the pipeline's delivery through the spool
 """
 
 from __future__ import annotations
 
+from ._delivery import SpoolDelivery
 from ._file import FORMAT_VERSION
 from ._store import DEFAULT_MAX_BYTES, Spool, SpoolKey
 
-__all__ = ["DEFAULT_MAX_BYTES", "FORMAT_VERSION", "Spool", "SpoolKey"]
+__all__ = ["DEFAULT_MAX_BYTES", "FORMAT_VERSION", "Spool", "SpoolDelivery", "SpoolKey"]

@@ -14,8 +14,8 @@ import threading
 import weakref
 from typing import Callable, List, Optional, Sequence, TypeVar
 
-from ._errors import SpoolError
-from ._spool import Spool, SpoolKey
+from .._errors import SpoolError
+from ._store import Spool, SpoolKey
 
 _T = TypeVar("_T")
 # Told after each call: the losses the spool reported, and how many of them were ours.

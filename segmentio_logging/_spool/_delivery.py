@@ -14,15 +14,15 @@ import os
 import random
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import _report
-from ._delivery import Host
-from ._errors import DeliveryError, SpoolError
-from ._lifecycle import CLOSE_GRACE, busy_threads, end_of, marked_busy
-from ._spool import Spool, SpoolKey
-from ._spooled_counted import CountedSpool
-from ._transport import Response, is_retryable
+from .. import _report
+from .._delivery import Host
+from .._errors import DeliveryError, SpoolError
+from .._lifecycle import CLOSE_GRACE, busy_threads, end_of, marked_busy
+from .._transport import Response, is_retryable
+from ._counted import CountedSpool
+from ._store import Spool, SpoolKey
 
 # Events per spool transaction, and the longest wait between two delivery
 # attempts from the spool during an outage (the retry budget of each attempt
@@ -30,7 +30,6 @@ from ._transport import Response, is_retryable
 SPOOL_CHUNK = 1_000
 SPOOL_RETRY_CAP = 30.0
 
-_T = TypeVar("_T")
 
 
 class _Backoff:
