@@ -38,6 +38,7 @@ from ._message import (
     new_message_id,
 )
 from ._options import Options, env_var, resolve_options
+from ._spec import COMMON_FIELDS, OBJECT_FIELDS, TYPE_FIELDS, check_message
 from ._transport import Response, Transport
 from ._version import __version__
 
@@ -65,28 +66,8 @@ FIELD_KEYWORDS = {
     "timestamp": "timestamp",
     "messageId": "message_id",
 }
-JSON_FIELDS = ("properties", "traits", "context", "integrations")
-COMMON_FIELDS = {"userId", "anonymousId", "context", "integrations", "timestamp", "messageId"}
-TYPE_FIELDS = {
-    "track": {"event", "properties"},
-    "identify": {"traits"},
-    "group": {"groupId", "traits"},
-    "alias": {"previousId"},
-    "page": {"name", "category", "properties"},
-    "screen": {"name", "category", "properties"},
-}
-# Fields a Segment export carries that the server sets: an import leaves them out.
-SERVER_FIELDS = {
-    "type",
-    "sentAt",
-    "receivedAt",
-    "originalTimestamp",
-    "writeKey",
-    "version",
-    "channel",
-    "projectId",
-    "_metadata",
-}
+# The fields whose values are objects: a flag or a CSV cell gives them as JSON text.
+JSON_FIELDS = OBJECT_FIELDS
 
 
 class UsageError(Exception):
@@ -129,8 +110,6 @@ def make_message(
     ``message_id`` is used when ``fields`` has no ``messageId``. Raises
     :class:`InvalidMessage` naming the fields as Segment spells them.
     """
-    from ._collect import check_message
-
     given = {key: value for key, value in fields.items() if value is not None}
     if "timestamp" in given:
         given["timestamp"] = _epoch_timestamp(given["timestamp"])
@@ -211,7 +190,7 @@ def send(args: argparse.Namespace) -> int:
         if text is None:
             continue
         fields[flag] = _json_object(flag, text) if flag in JSON_FIELDS else text
-    allowed = COMMON_FIELDS | TYPE_FIELDS[kind] | ({"userId"} if kind == "alias" else set())
+    allowed = COMMON_FIELDS | TYPE_FIELDS[kind]
     for flag in sorted(set(fields) - allowed):
         _say(f"note: --{flag} is not a field of {kind} messages; ignored")
         del fields[flag]

@@ -34,7 +34,6 @@ from ._cli import (
     EXIT_OK,
     FIELD_KEYWORDS,
     JSON_FIELDS,
-    SERVER_FIELDS,
     UsageError,
     _deliver,
     _resolve,
@@ -51,6 +50,7 @@ from ._message import (
     format_timestamp,
 )
 from ._options import Options
+from ._spec import SERVER_FIELDS
 
 if TYPE_CHECKING:
     pass

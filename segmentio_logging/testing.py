@@ -13,7 +13,6 @@ It is a real HTTP server in a background thread. It records every request
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import gzip
 import itertools
@@ -29,16 +28,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional
 
-__all__ = ["LocalCollector", "Reply", "Request"]
+from ._spec import SINGLE_CALL_PATHS, basic_auth_user
 
-SINGLE_CALL_PATHS = {
-    "/v1/track": "track",
-    "/v1/identify": "identify",
-    "/v1/group": "group",
-    "/v1/alias": "alias",
-    "/v1/page": "page",
-    "/v1/screen": "screen",
-}
+__all__ = ["LocalCollector", "Reply", "Request"]
 
 
 @dataclass(frozen=True)
@@ -99,16 +91,7 @@ class Request:
     @property
     def write_key(self) -> Optional[str]:
         """The user name of the Basic auth header (Segment's write key), if any."""
-        auth = self.headers.get("authorization", "")
-        if not auth.lower().startswith("basic "):
-            return None
-        try:
-            user, _, _ = (
-                base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8").partition(":")
-            )
-        except Exception:
-            return None
-        return user
+        return basic_auth_user(self.headers)
 
     @property
     def messages(self) -> List[Dict[str, Any]]:
