@@ -1,8 +1,9 @@
 """The receiver behind ``collect``.
 
-:class:`Receiver` is a :class:`~segmentio_logging.testing.LocalCollector` that
-runs the checks of :mod:`._spec` on every request it records and answers as
-Segment would.
+The receiver is :class:`~segmentio_logging.testing.LocalCollector`; a
+:class:`SpecCheck` given to it holds every request to Segment's spec
+(:func:`~segmentio_logging._spec.check_request`), answers as Segment would,
+counts the verdicts, and hands each one on to be printed.
 """
 
 from __future__ import annotations
@@ -14,55 +15,45 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import replace
 from typing import IO, Any, Callable, Dict, List, Optional
 
 from . import _report
 from ._cli import EXIT_FAILED, EXIT_OK, UsageError, _say
 from ._message import format_timestamp
 from ._spec import Verdict, check_request
-from .testing import LocalCollector, Reply, Request
+from .testing import LocalCollector, Request
 
-__all__ = ["Receiver"]
-
-class _Answer(Reply):
-    """A reply decided once the request has been read and checked."""
-
-    def settle(self, status: int, body: str) -> None:
-        object.__setattr__(self, "status", status)  # Reply is frozen; this one is decided late
-        object.__setattr__(self, "body", body)
-
+__all__ = ["SpecCheck"]
 
 OnVerdict = Callable[[Request, Verdict], None]
 
 
-class Receiver(LocalCollector):
-    """A :class:`LocalCollector` that checks every request against Segment's spec.
+class SpecCheck:
+    """Checks every request a :class:`LocalCollector` receives against Segment's spec.
 
-    It answers 200 to a well-formed request (even one holding invalid
-    messages, as Segment does, unless ``strict``), 400 to a malformed one,
-    401 without a write key and 404 off the Tracking API's paths, and hands
-    every request with its :class:`Verdict` to ``on_verdict``. Replies
-    scripted with :meth:`script` still win. With ``keep=False`` requests are
-    counted, not kept, so that a long run does not grow.
+    Given to ``LocalCollector(check=...)``, it makes the collector answer 200
+    to a well-formed request (even one holding invalid messages, as Segment
+    does, unless ``strict``), 400 to a malformed one, 401 without a write key
+    (or with another than ``write_key``) and 404 off the Tracking API's paths;
+    replies scripted on the collector still win. It counts what arrived and
+    hands every request with its :class:`~segmentio_logging._spec.Verdict` to
+    ``on_verdict``. With ``keep=False`` the collector keeps no request and the
+    check no verdict, so that a long run does not grow.
     """
 
     def __init__(
         self,
-        host: str = "127.0.0.1",
-        port: int = 0,
         *,
         write_key: Optional[str] = None,
         strict: bool = False,
         on_verdict: Optional[OnVerdict] = None,
         keep: bool = True,
     ) -> None:
-        super().__init__(host, port)
         self.write_key = write_key
         self.strict = strict
         self.on_verdict = on_verdict
         self.keep = keep
-        self._local = threading.local()
+        self._cond = threading.Condition()
         self._counts = {
             "requests": 0,
             "rejected": 0,
@@ -75,28 +66,20 @@ class Receiver(LocalCollector):
         self._unanswered = 0
 
     def __repr__(self) -> str:
-        return f"<Receiver {self.url} {self.counts()}>"
+        return f"<SpecCheck {self.counts()}>"
 
-    # The collector picks its reply before it reads the body and sends it after
-    # recording the request: answer with a placeholder, settled in ``_record``.
-    def _next_reply(self) -> Reply:
-        reply = super()._next_reply()
-        if reply is self.default:
-            reply = _Answer()
-        self._local.reply = reply
-        return reply
+    # ------------------------------------------------------------------ the collector calls these
 
-    def _record(self, request: Request) -> None:
-        verdict = check_request(
+    def inspect(self, request: Request) -> Verdict:
+        """The verdict on ``request``: its status and body are Segment's answer."""
+        return check_request(
             request.path, request.headers, request.raw, write_key=self.write_key, strict=self.strict
         )
-        reply: Optional[Reply] = getattr(self._local, "reply", None)
-        self._local.reply = None
-        if isinstance(reply, _Answer):
-            reply.settle(verdict.status, verdict.body)
-            request = replace(request, status=verdict.status)
+
+    def record(self, request: Request, verdict: Verdict) -> None:
+        """Count ``request`` and its verdict, then hand both to ``on_verdict``."""
         with self._cond:
-            if reply is not None and not (reply.reset or reply.hang):
+            if request.status is not None:  # an answer will go out (no reset, no hang)
                 self._unanswered += 1
             counts = self._counts
             counts["requests"] += 1
@@ -116,16 +99,16 @@ class Receiver(LocalCollector):
                 _report.warn(
                     f"verdict-{id(self)}", f"on_verdict raised {type(exc).__name__}: {exc}"
                 )
-        if self.keep:
-            super()._record(request)
-        else:
-            with self._cond:
-                self._cond.notify_all()
+        with self._cond:  # waiters wake once the verdict is out: ``collect`` then stops
+            self._cond.notify_all()
 
-    def _answered(self, status: int) -> None:
+    def answered(self, request: Request) -> None:
+        """The answer to ``request`` went out."""
         with self._cond:
             self._unanswered = max(self._unanswered - 1, 0)
-        super()._answered(status)
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ results
 
     def wait_answered(self, timeout: float = 2.0) -> bool:
         """Wait until every request recorded so far has had its answer (call before ``stop``)."""
@@ -137,8 +120,6 @@ class Receiver(LocalCollector):
                     return False
                 self._cond.wait(remaining)
             return True
-
-    # ------------------------------------------------------------------ results
 
     def counts(self) -> Dict[str, int]:
         """requests, rejected (answered 4xx), unreadable (no message in them), messages,
@@ -262,8 +243,6 @@ def _stop_on_sigterm() -> Any:
 
 def collect(args: argparse.Namespace) -> int:
     """Receive messages like Segment's Tracking API, check each one, and show it."""
-    from ._collect import Receiver
-
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
     if args.duration is not None and not args.duration > 0:
@@ -276,15 +255,11 @@ def collect(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"cannot write {args.jsonl}: {exc}") from None
     printer = _Printer(output, jsonl=bool(args.jsonl))
+    check = SpecCheck(
+        write_key=args.writeKey, strict=args.strict, on_verdict=printer, keep=False
+    )
     try:
-        receiver = Receiver(
-            args.host,
-            args.port,
-            write_key=args.writeKey,
-            strict=args.strict,
-            on_verdict=printer,
-            keep=False,
-        )
+        receiver = LocalCollector(args.host, args.port, check=check)
     except OSError as exc:
         if opened is not None:
             opened.close()
@@ -299,11 +274,11 @@ def collect(args: argparse.Namespace) -> int:
                 "/v1/alias, /v1/page, /v1/screen; Ctrl-C to stop"
             )
             try:
-                receiver.wait_for_received(goal, args.duration)
+                check.wait_for_received(goal, args.duration)
             except KeyboardInterrupt:
                 interrupted = True
-            receiver.wait_answered()  # the last sender gets its answer before the port closes
-            counts = receiver.counts()
+            check.wait_answered()  # the last sender gets its answer before the port closes
+            counts = check.counts()
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -20,7 +20,7 @@ import urllib3
 
 from segmentio_logging import Client, SegmentHandler
 from segmentio_logging._cli import main
-from segmentio_logging._collect import Receiver
+from segmentio_logging._collect import SpecCheck
 from segmentio_logging._import import line_message_id, parse_map
 from segmentio_logging.testing import LocalCollector, Reply
 
@@ -573,15 +573,24 @@ class TestImport:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as server:
+def spec_check() -> SpecCheck:
+    """A SpecCheck that keeps every verdict."""
+    return SpecCheck()
+
+
+@pytest.fixture
+def receiver(spec_check: SpecCheck) -> Iterator[LocalCollector]:
+    """A LocalCollector that runs ``spec_check`` on every request."""
+    with LocalCollector(check=spec_check) as server:
         yield server
 
 
-class TestReceiver:
-    """``Receiver``: a LocalCollector that checks what it receives and answers like Segment."""
+class TestSpecCheck:
+    """``SpecCheck``: a LocalCollector given one checks what it gets and answers like Segment."""
 
-    def test_the_handler_output_is_valid(self, receiver: Receiver, logger: logging.Logger) -> None:
+    def test_the_handler_output_is_valid(
+        self, receiver: LocalCollector, spec_check: SpecCheck, logger: logging.Logger
+    ) -> None:
         """Everything SegmentHandler sends passes the checks."""
         handler = SegmentHandler("key", host=receiver.url, flush_interval=0.05)
         try:
@@ -593,21 +602,22 @@ class TestReceiver:
             assert handler.flush(10)
         finally:
             handler.close()
-        assert receiver.counts()["valid"] == 3 and receiver.counts()["invalid"] == 0
+        assert spec_check.counts()["valid"] == 3 and spec_check.counts()["invalid"] == 0
         assert len(receiver.messages) == 3  # still a LocalCollector
 
-    def test_answers_as_checked(self, receiver: Receiver) -> None:
+    def test_answers_as_checked(self, receiver: LocalCollector, spec_check: SpecCheck) -> None:
         """Malformed bodies get 400, missing auth 401, and the recorded status says so."""
         assert post(f"{receiver.url}/v1/batch", b"nope", AUTH) == 400
         assert post(f"{receiver.url}/v1/batch", b'{"batch": []}') == 401
         assert post(f"{receiver.url}/v1/track", json.dumps(valid()).encode(), AUTH) == 200
         assert [r.status for r in receiver.requests] == [400, 401, 200]
-        assert receiver.counts() == {
+        assert spec_check.counts() == {
             "requests": 3, "rejected": 2, "unreadable": 2, "messages": 1, "valid": 1,
             "invalid": 0,
         }  # fmt: skip
+        assert [v.status for v in spec_check.verdicts] == [400, 401, 200]
 
-    def test_scripted_replies_still_win(self, receiver: Receiver) -> None:
+    def test_scripted_replies_still_win(self, receiver: LocalCollector) -> None:
         """A reply scripted as on LocalCollector is answered instead of the checked one."""
         receiver.script(Reply(503))
         assert post(f"{receiver.url}/v1/batch", b"nope", AUTH) == 503
@@ -615,12 +625,14 @@ class TestReceiver:
 
     def test_keep_false_counts_without_keeping(self) -> None:
         """With keep=False the receiver counts requests but does not hold them."""
-        with Receiver(keep=False) as server:
+        check = SpecCheck(keep=False)
+        with LocalCollector(check=check) as server:
             client = Client("k", host=server.url, sync_mode=True)
             client.track("s", "u", "E")
             client.shutdown()
-            assert server.wait_for_received(1, timeout=5)
-            assert server.requests == [] and server.counts()["valid"] == 1
+            assert check.wait_for_received(1, timeout=5)
+            assert server.requests == [] and check.counts()["valid"] == 1
+            assert check.verdicts == []
 
 
 def start_collect(*args: str) -> subprocess.Popen[str]:
