@@ -1,4 +1,4 @@
-"""The receiver behind ``collect``.
+"""``segmentio-logging collect``: a local receiver that checks every message against the spec.
 
 The receiver is :class:`~segmentio_logging.testing.LocalCollector`; a
 :class:`SpecCheck` given to it holds every request to Segment's spec
@@ -17,13 +17,11 @@ import threading
 import time
 from typing import IO, Any, Callable, Dict, List, Optional
 
-from . import _report
-from ._cli import EXIT_FAILED, EXIT_OK, UsageError, _say
-from ._message import format_timestamp
-from ._spec import Verdict, check_request
-from .testing import LocalCollector, Request
-
-__all__ = ["SpecCheck"]
+from .. import _report
+from .._message import format_timestamp
+from .._spec import Verdict, check_request
+from ..testing import LocalCollector, Request
+from ._common import EXIT_FAILED, EXIT_OK, UsageError, say
 
 OnVerdict = Callable[[Request, Verdict], None]
 
@@ -150,7 +148,7 @@ class SpecCheck:
             return True
 
 
-# --------------------------------------------------------------------------- the command
+# --------------------------------------------------------------------------- output
 
 
 def _short(value: Any, width: int = 60) -> str:
@@ -269,7 +267,7 @@ def collect(args: argparse.Namespace) -> int:
     previous = _stop_on_sigterm()
     try:
         with receiver:
-            _say(
+            say(
                 f"listening on {receiver.url}: POST /v1/batch, /v1/track, /v1/identify, /v1/group, "
                 "/v1/alias, /v1/page, /v1/screen; Ctrl-C to stop"
             )
@@ -285,7 +283,7 @@ def collect(args: argparse.Namespace) -> int:
         if opened is not None:
             opened.close()
     received = counts["messages"] + counts["unreadable"]
-    _say(
+    say(
         f"{'stopped' if interrupted else 'done'}: {counts['requests']:,} request(s), "
         f"{counts['valid']:,} valid message(s), {counts['invalid']:,} invalid, "
         f"{counts['rejected']:,} request(s) rejected"
@@ -293,6 +291,6 @@ def collect(args: argparse.Namespace) -> int:
     if counts["invalid"] or counts["rejected"]:
         return EXIT_FAILED
     if args.count is not None and received < args.count and not interrupted:
-        _say(f"only {received:,} of the {args.count:,} messages expected arrived")
+        say(f"only {received:,} of the {args.count:,} messages expected arrived")
         return EXIT_FAILED
     return EXIT_OK
