@@ -3,6 +3,9 @@
 It is a real HTTP server in a background thread. It records every request
 (path, headers, decoded body) and answers as scripted: a status, a delay, a
 ``Retry-After`` header, a connection reset, or a hang that never answers.
+Given a ``check`` (``segmentio-logging collect`` gives one that holds each
+request to Segment's spec), it answers a request no scripted reply answers as
+the check decides.
 
     with LocalCollector() as collector:
         handler = SegmentHandler("key", host=collector.url)
@@ -13,7 +16,6 @@ It is a real HTTP server in a background thread. It records every request
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import gzip
 import itertools
@@ -27,18 +29,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Protocol
+
+from ._spec import SINGLE_CALL_PATHS, Verdict, basic_auth_user
 
 __all__ = ["LocalCollector", "Reply", "Request"]
-
-SINGLE_CALL_PATHS = {
-    "/v1/track": "track",
-    "/v1/identify": "identify",
-    "/v1/group": "group",
-    "/v1/alias": "alias",
-    "/v1/page": "page",
-    "/v1/screen": "screen",
-}
 
 
 @dataclass(frozen=True)
@@ -99,16 +94,7 @@ class Request:
     @property
     def write_key(self) -> Optional[str]:
         """The user name of the Basic auth header (Segment's write key), if any."""
-        auth = self.headers.get("authorization", "")
-        if not auth.lower().startswith("basic "):
-            return None
-        try:
-            user, _, _ = (
-                base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8").partition(":")
-            )
-        except Exception:
-            return None
-        return user
+        return basic_auth_user(self.headers)
 
     @property
     def messages(self) -> List[Dict[str, Any]]:
@@ -148,16 +134,10 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(data.decode("utf-8")) if data else None
         except Exception:
             body = None
-        limit = collector.max_body_bytes
-        if limit is not None and len(data) > limit:
-            reply = Reply(413, f'{{"error":"body of {len(data)} bytes is over {limit}"}}')
-        else:
-            reply = collector._next_reply()
-        answered = None if (reply.reset or reply.hang) else reply.status
         request = Request(
-            "POST", self.path, headers, raw, body, answered, time.time(), self.connection_id
+            "POST", self.path, headers, raw, body, None, time.time(), self.connection_id
         )
-        collector._record(request)
+        reply = collector._receive(request, len(data))
         if reply.delay:
             collector._stopping.wait(reply.delay)
         if reply.hang:
@@ -178,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         except OSError:  # the client gave up waiting (its timeout) and closed the socket
             self.close_connection = True
-        collector._answered(reply.status)
+        collector._answered(request)
 
     def _reset(self) -> None:
         try:
@@ -202,17 +182,48 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+class RequestCheck(Protocol):
+    """What a :class:`LocalCollector` given a ``check`` runs on every request it reads.
+
+    ``segmentio-logging collect`` gives one that holds each request to
+    Segment's spec. The calls run on the thread serving the request, in order:
+    :meth:`inspect` once the request was read, :meth:`record` once its answer
+    is chosen, :meth:`answered` once that answer went out.
+    """
+
+    keep: bool
+    """Whether the collector keeps the requests too (False: a long run does not grow)."""
+
+    def inspect(self, request: Request) -> Verdict:
+        """The verdict on ``request``; its status and body answer a request nothing scripted."""
+
+    def record(self, request: Request, verdict: Verdict) -> None:
+        """``request``, with the status it is answered with (None: a reset or a hang)."""
+
+    def answered(self, request: Request) -> None:
+        """The answer to ``request`` went out (or its client had gone); never after a reset
+        or a hang, which send none."""
+
+
 class LocalCollector:
     """A scriptable Segment-compatible receiver on 127.0.0.1 (port 0 picks a free port).
 
     ``max_body_bytes`` makes it answer 413 to any request whose decoded body is
     larger, as Segment does past 500 KB, without using up a scripted reply.
+    ``check`` (a :class:`RequestCheck`) sees every request, and its verdict
+    answers each one that neither the script nor ``max_body_bytes`` answers.
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, max_body_bytes: Optional[int] = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_body_bytes: Optional[int] = None,
+        check: Optional[RequestCheck] = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
+        self.check = check
         self._server = _Server((host, port), _Handler)
         self._server.collector = self
         self._server.connection_ids = itertools.count(1)
@@ -299,16 +310,38 @@ class LocalCollector:
             self._hangs.append(event)
         event.wait(300)
 
-    def _next_reply(self) -> Reply:
-        with self._cond:
-            return self._script.popleft() if self._script else self.default
+    def _receive(self, request: Request, size: int) -> Reply:
+        """Check ``request``, choose its reply, and record it with the status it gets.
 
-    def _record(self, request: Request) -> None:
+        ``size`` is the length of its decoded body.
+        """
+        check = self.check
+        verdict = None if check is None else check.inspect(request)
+        limit = self.max_body_bytes
+        if limit is not None and size > limit:
+            reply = Reply(413, f'{{"error":"body of {size} bytes is over {limit}"}}')
+        else:
+            with self._cond:
+                scripted = self._script.popleft() if self._script else None
+                default = self.default
+            if scripted is not None:
+                reply = scripted
+            elif verdict is not None:
+                reply = Reply(verdict.status, verdict.body)
+            else:
+                reply = default
+        request.status = None if (reply.reset or reply.hang) else reply.status
+        if check is not None and verdict is not None:
+            check.record(request, verdict)
         with self._cond:
-            self._requests.append(request)
+            if check is None or check.keep:
+                self._requests.append(request)
             self._cond.notify_all()
+        return reply
 
-    def _answered(self, status: int) -> None:
+    def _answered(self, request: Request) -> None:
+        if self.check is not None:
+            self.check.answered(request)
         with self._cond:
             self._cond.notify_all()
 

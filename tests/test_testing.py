@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from segmentio_logging.testing import LocalCollector, Reply
+from segmentio_logging._spec import Verdict
+from segmentio_logging.testing import LocalCollector, Reply, Request
 
 # socket.timeout became an alias of TimeoutError only in Python 3.10.
 READ_TIMEOUT = (TimeoutError, socket.timeout)
@@ -344,6 +345,72 @@ class TestLifecycle:
         with LocalCollector() as receiver:
             post(receiver, batch("a"))
         receiver.stop()
+
+
+class CheckRecorder:
+    """A request check that answers every request with ``status`` and notes each call."""
+
+    def __init__(self, status: int = 202, keep: bool = True) -> None:
+        self.status = status
+        self.keep = keep
+        self.calls: List[Tuple[str, Optional[int]]] = []
+        self.all_answered = threading.Event()
+
+    def inspect(self, request: Request) -> Verdict:
+        self.calls.append(("inspect", request.status))
+        return Verdict(self.status, None if self.status < 400 else "refused")
+
+    def record(self, request: Request, verdict: Verdict) -> None:
+        self.calls.append(("record", request.status))
+
+    def answered(self, request: Request) -> None:
+        self.calls.append(("answered", request.status))
+        self.all_answered.set()
+
+
+class TestCheck:
+    def test_the_verdict_answers_what_nothing_scripted(self) -> None:
+        """A check's verdict answers each request with its status and body; the script wins."""
+        check = CheckRecorder(status=400)
+        with LocalCollector(check=check) as receiver:
+            receiver.script(Reply(503))
+            assert post(receiver, batch("a"))[0] == 503
+            status, _, body = post(receiver, batch("b"))
+            assert (status, json.loads(body)) == (400, {"success": False, "error": "refused"})
+            assert [r.status for r in receiver.requests] == [503, 400]
+
+    def test_the_check_sees_each_request_in_order(self) -> None:
+        """inspect runs before the answer is chosen, record with its status, answered after it."""
+        check = CheckRecorder()
+        with LocalCollector(check=check) as receiver:
+            assert post(receiver, batch("a"))[0] == 202
+            assert check.all_answered.wait(5)
+        assert check.calls == [("inspect", None), ("record", 202), ("answered", 202)]
+
+    def test_no_answered_after_a_reset(self) -> None:
+        """A reset sends no answer: the check records the request without a status, and no more."""
+        check = CheckRecorder()
+        with LocalCollector(check=check) as receiver:
+            receiver.script(Reply(reset=True))
+            with pytest.raises((ConnectionError, http.client.HTTPException)):
+                post(receiver, batch("a"))
+            assert receiver.wait_for_requests(1, timeout=5)
+        assert check.calls == [("inspect", None), ("record", None)]
+
+    def test_body_limit_wins_over_the_check(self) -> None:
+        """max_body_bytes answers 413 before the check's verdict, the check still sees it."""
+        check = CheckRecorder()
+        with LocalCollector(max_body_bytes=10, check=check) as receiver:
+            assert post(receiver, batch("a"))[0] == 413
+        assert ("record", 413) in check.calls
+
+    def test_keep_false_keeps_no_request(self) -> None:
+        """A check with keep=False leaves the collector's record empty."""
+        check = CheckRecorder(keep=False)
+        with LocalCollector(check=check) as receiver:
+            assert post(receiver, batch("a"))[0] == 202
+            assert receiver.requests == []
+        assert ("record", 202) in check.calls
 
 
 class TestReplyBody:

@@ -1,0 +1,314 @@
+"""Segment's spec as checks: what is wrong with a message, how a request is answered.
+
+:func:`check_message` and :func:`check_request` are pure: they say what is
+wrong with a message or a request, in words a person can act on. ``collect``
+runs them on everything it receives, ``import`` on every line before it is
+sent, and :mod:`segmentio_logging.testing` reads the paths and the write key
+as they define them.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import gzip
+import json
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional
+
+from ._message import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_COUNT,
+    MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_ID_LENGTH,
+    MESSAGE_TYPES,
+)
+
+__all__ = [
+    "BATCH_PATHS",
+    "COMMON_FIELDS",
+    "OBJECT_FIELDS",
+    "SERVER_FIELDS",
+    "SINGLE_CALL_PATHS",
+    "TIMESTAMP_FIELDS",
+    "TYPE_FIELDS",
+    "Checked",
+    "Verdict",
+    "basic_auth_user",
+    "check_message",
+    "check_request",
+    "is_iso8601",
+]
+
+BATCH_PATHS = ("/v1/batch", "/v1/import")  # /v1/import is Segment's alias of /v1/batch
+# The Tracking API's one-message paths, and the type each one implies.
+SINGLE_CALL_PATHS = {
+    "/v1/track": "track",
+    "/v1/identify": "identify",
+    "/v1/group": "group",
+    "/v1/alias": "alias",
+    "/v1/page": "page",
+    "/v1/screen": "screen",
+}
+
+TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
+OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+# The fields a client sets on a message of any type, and those of each type.
+COMMON_FIELDS: FrozenSet[str] = frozenset(
+    {"userId", "anonymousId", "context", "integrations", "timestamp", "messageId"}
+)
+TYPE_FIELDS: Dict[str, FrozenSet[str]] = {
+    "track": frozenset({"event", "properties"}),
+    "identify": frozenset({"traits"}),
+    "group": frozenset({"groupId", "traits"}),
+    "alias": frozenset({"previousId"}),
+    "page": frozenset({"name", "category", "properties"}),
+    "screen": frozenset({"name", "category", "properties"}),
+}
+# Fields a Segment export carries that the server sets: an import leaves them out.
+SERVER_FIELDS: FrozenSet[str] = frozenset(
+    {
+        "type",
+        "sentAt",
+        "receivedAt",
+        "originalTimestamp",
+        "writeKey",
+        "version",
+        "channel",
+        "projectId",
+        "_metadata",
+    }
+)
+
+_ISO8601 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
+    r"([Zz]|[+-]\d{2}(?::?\d{2})?)?"
+)
+
+
+def is_iso8601(value: Any) -> bool:
+    """True for an ISO-8601 date and time such as ``2026-01-02T03:04:05.678Z``."""
+    if not isinstance(value, str):
+        return False
+    match = _ISO8601.fullmatch(value.strip())
+    if match is None:
+        return False
+    year, month, day, hour, minute, second = (int(g or 0) for g in match.groups()[:6])
+    try:
+        dt.datetime(year, month, day, hour, minute, min(second, 59))  # 60: a leap second
+    except ValueError:
+        return False
+    return second <= 60
+
+
+def _encoded_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def _is_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        return bool(value.strip())
+    return isinstance(value, (int, float))
+
+
+def _describe(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def check_message(message: Any, expected_type: Optional[str] = None) -> List[str]:
+    """What is wrong with one message (an empty list when it is valid).
+
+    ``expected_type`` is the type a single-call path implies (``/v1/track``);
+    a message there may omit ``type`` but must not contradict it.
+    """
+    if not isinstance(message, dict):
+        return [f"a message must be a JSON object, got {_describe(message)}"]
+    errors: List[str] = []
+    kind = message.get("type", expected_type)
+    if kind is None:
+        errors.append("missing type")
+    elif expected_type is not None and kind != expected_type:
+        errors.append(f"type {kind!r} sent to /v1/{expected_type}")
+    elif kind not in MESSAGE_TYPES:
+        errors.append(f"unknown type {kind!r} (known: {', '.join(MESSAGE_TYPES)})")
+
+    for name in ("userId", "anonymousId", "previousId", "groupId"):
+        value = message.get(name)
+        if value is not None and not _is_id(value):
+            errors.append(f"{name} must be a non-empty string, got {_describe(value)}")
+    if kind == "alias":
+        for name in ("previousId", "userId"):
+            if message.get(name) is None:
+                errors.append(f"alias needs {name}")
+    elif message.get("userId") is None and message.get("anonymousId") is None:
+        errors.append(
+            f"{kind if isinstance(kind, str) else 'a message'} needs userId or anonymousId"
+        )
+    if kind == "track":
+        event = message.get("event")
+        if event is None:
+            errors.append("track needs event")
+        elif not isinstance(event, str) or not event.strip():
+            errors.append(f"event must be a non-empty string, got {_describe(event)}")
+    if kind == "group" and message.get("groupId") is None:
+        errors.append("group needs groupId")
+    for name in ("name", "category"):
+        value = message.get(name)
+        if value is not None and not isinstance(value, str):
+            errors.append(f"{name} must be a string, got {_describe(value)}")
+
+    for name in OBJECT_FIELDS:
+        value = message.get(name)
+        if value is not None and not isinstance(value, dict):
+            errors.append(f"{name} must be an object, got {_describe(value)}")
+    for name in TIMESTAMP_FIELDS:
+        value = message.get(name)
+        if value is not None and not is_iso8601(value):
+            errors.append(f"{name} {value!r} is not ISO-8601 (like 2026-01-02T03:04:05.678Z)")
+
+    # messageId is optional in the HTTP API (Segment fills it in); when given, it must be sound.
+    message_id = message.get("messageId")
+    if message_id is None:
+        pass
+    elif not isinstance(message_id, str) or not message_id:
+        errors.append(f"messageId must be a non-empty string, got {_describe(message_id)}")
+    elif len(message_id) > MAX_MESSAGE_ID_LENGTH:
+        errors.append(f"messageId is {len(message_id)} characters, over {MAX_MESSAGE_ID_LENGTH}")
+
+    size = _encoded_size(message)
+    if size > MAX_MESSAGE_BYTES:
+        errors.append(f"message is {size:,} bytes, over the 32 KB limit ({MAX_MESSAGE_BYTES:,})")
+    return errors
+
+
+@dataclass
+class Checked:
+    """One message of a request and what is wrong with it."""
+
+    message: Any
+    errors: List[str]
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    @property
+    def type(self) -> str:
+        kind = self.message.get("type") if isinstance(self.message, dict) else None
+        return kind if isinstance(kind, str) else "?"
+
+
+@dataclass
+class Verdict:
+    """What a request carried and how a Segment-compatible receiver answers it.
+
+    ``error`` is set when the request is rejected whole (``status`` 400, 401
+    or 404); otherwise ``messages`` holds each message and its problems.
+    """
+
+    status: int
+    error: Optional[str] = None
+    write_key: Optional[str] = None
+    messages: List[Checked] = field(default_factory=list)
+
+    @property
+    def invalid(self) -> int:
+        """Messages with a problem (a request rejected whole counts as one)."""
+        return 1 if self.error else sum(1 for m in self.messages if not m.valid)
+
+    @property
+    def body(self) -> str:
+        if self.error:
+            return json.dumps({"success": False, "error": self.error})
+        return '{"success":true}'
+
+
+def basic_auth_user(headers: Mapping[str, str]) -> Optional[str]:
+    """The user name of a Basic ``authorization`` header (Segment's write key), if any.
+
+    ``headers`` have lower-case names. The name may be empty (``Basic Og==``).
+    """
+    auth = headers.get("authorization", "")
+    if not auth.lower().startswith("basic "):
+        return None
+    try:
+        user, _, _ = (
+            base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8").partition(":")
+        )
+    except ValueError:  # not base64 (binascii.Error), or not UTF-8 (UnicodeDecodeError)
+        return None
+    return user
+
+
+def check_request(
+    path: str,
+    headers: Mapping[str, str],
+    raw: bytes,
+    *,
+    write_key: Optional[str] = None,
+    strict: bool = False,
+) -> Verdict:
+    """Check one ``POST`` the way Segment's Tracking API would take it.
+
+    ``headers`` have lower-case names. ``write_key``, when given, is the only
+    key accepted. With ``strict``, a request holding any invalid message is
+    answered 400 (Segment itself accepts the request and drops the message).
+    """
+    route = path.split("?", 1)[0].rstrip("/")
+    expected = SINGLE_CALL_PATHS.get(route)
+    if route not in BATCH_PATHS and expected is None:
+        known = ", ".join((*BATCH_PATHS, *SINGLE_CALL_PATHS))
+        return Verdict(404, f"unknown path {route or '/'}; POST to one of {known}")
+    data = raw
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if encoding == "gzip":
+        try:
+            data = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error):
+            return Verdict(400, "body is not valid gzip (Content-Encoding: gzip)")
+    elif encoding not in ("", "identity"):
+        return Verdict(400, f"unsupported Content-Encoding {encoding!r}")
+    if len(data) > MAX_BATCH_BYTES:
+        return Verdict(
+            400, f"request is {len(data):,} bytes, over the 500 KB limit ({MAX_BATCH_BYTES:,})"
+        )
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return Verdict(400, f"body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return Verdict(400, f"body must be a JSON object, got {_describe(body)}")
+
+    # An empty Basic user name counts as none: the key may then come in the body.
+    key = basic_auth_user(headers) or body.get("writeKey")
+    if not key or not isinstance(key, str):
+        return Verdict(401, "no write key: send it as the Basic auth user name (or writeKey)")
+    if write_key is not None and key != write_key:
+        return Verdict(401, f"write key {key!r} is not the expected one", write_key=key)
+
+    if expected is None:
+        batch = body.get("batch")
+        if not isinstance(batch, list):
+            return Verdict(400, 'a batch body needs a "batch" array', write_key=key)
+        if len(batch) > MAX_BATCH_COUNT:
+            return Verdict(
+                400, f"batch holds {len(batch):,} messages, over {MAX_BATCH_COUNT:,}", write_key=key
+            )
+        sent_at = body.get("sentAt")
+        if sent_at is not None and not is_iso8601(sent_at):
+            return Verdict(400, f"sentAt {sent_at!r} is not ISO-8601", write_key=key)
+        checked = [Checked(m, check_message(m)) for m in batch]
+    else:
+        message = {"type": expected, **body}
+        message.pop("writeKey", None)
+        checked = [Checked(message, check_message(body, expected))]
+    verdict = Verdict(200, write_key=key, messages=checked)
+    bad = verdict.invalid
+    if strict and bad:
+        verdict.status = 400
+        verdict.error = f"{bad} of {len(checked)} message{'s' if len(checked) != 1 else ''} invalid"
+    return verdict

@@ -1,0 +1,131 @@
+"""What the commands share: exit statuses, usage errors, options from the flags, delivery."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import IO, Any, Dict, List, Optional, Tuple
+
+from .._errors import DeliveryError, InvalidMessage
+from .._message import build_message, encode, format_timestamp, new_message_id
+from .._options import Options, env_var, resolve_options
+from .._spec import OBJECT_FIELDS, check_message
+from .._transport import Response, Transport
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# Segment's camelCase fields and the keyword of ``build_message`` each one fills.
+FIELD_KEYWORDS = {
+    "userId": "user_id",
+    "anonymousId": "anonymous_id",
+    "event": "event",
+    "name": "name",
+    "category": "category",
+    "groupId": "group_id",
+    "previousId": "previous_id",
+    "properties": "properties",
+    "traits": "traits",
+    "context": "context",
+    "integrations": "integrations",
+    "timestamp": "timestamp",
+    "messageId": "message_id",
+}
+# The fields whose values are objects: a flag or a CSV cell gives them as JSON text.
+JSON_FIELDS = OBJECT_FIELDS
+
+
+class UsageError(Exception):
+    """A command line that cannot run as given (exit status 2)."""
+
+
+def say(text: str, stream: Optional[IO[str]] = None) -> None:
+    """Write a line to ``stream`` (default: stderr) at once."""
+    out = sys.stderr if stream is None else stream
+    out.write(text + "\n")
+    out.flush()
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _epoch_timestamp(value: Any) -> Any:
+    """Epoch seconds (or milliseconds, when too large for seconds) as ISO-8601; else as is."""
+    number: Optional[float] = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return value
+    if number is None or not math.isfinite(number):
+        return value
+    if abs(number) >= 1e11:  # 1e11 seconds is in the year 5138: these are milliseconds
+        number /= 1000.0
+    if not -62_135_596_800 <= number < 253_402_300_800:
+        return value
+    return format_timestamp(number)
+
+
+def make_message(
+    fields: Dict[str, Any], kind: str, message_id: Optional[str] = None
+) -> Tuple[Dict[str, Any], bytes]:
+    """Build and encode a message from Segment's camelCase ``fields``.
+
+    ``message_id`` is used when ``fields`` has no ``messageId``. Raises
+    :class:`InvalidMessage` naming the fields as Segment spells them.
+    """
+    given = {key: value for key, value in fields.items() if value is not None}
+    if "timestamp" in given:
+        given["timestamp"] = _epoch_timestamp(given["timestamp"])
+    given.setdefault("messageId", message_id or new_message_id())
+    errors = check_message({**given, "type": kind})
+    if errors:
+        raise InvalidMessage("; ".join(errors))
+    keywords = {FIELD_KEYWORDS[key]: value for key, value in given.items() if key in FIELD_KEYWORDS}
+    message = build_message(kind, **keywords)
+    return message, encode(message)
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+def options_from(args: argparse.Namespace, *, need_key: bool = True) -> Options:
+    """Write key, host, timeout and retries: from the flags, else ``SEGMENT_*``, else defaults."""
+    given: Dict[str, Any] = {"host": args.host, "timeout": args.timeout}
+    key = args.writeKey if args.writeKey is not None else os.environ.get(env_var("write_key"))
+    if need_key and not (key or "").strip():
+        raise UsageError("no write key: pass --writeKey=KEY or set SEGMENT_WRITE_KEY")
+    given["write_key"] = key
+    given["send"] = need_key
+    if args.retries is not None:
+        given["max_retries"] = args.retries
+    elif not os.environ.get(env_var("max_retries")):
+        given["max_retries"] = 3  # a person waits on the command: fewer than the library's 10
+    try:
+        return resolve_options(given)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _failure_text(error: DeliveryError) -> str:
+    body = " ".join(error.body.split())
+    if body and error.status is not None:  # for a network error the reason says it already
+        body = body if len(body) <= 300 else body[:299] + "…"
+        return f"{error.reason}: {body}"
+    return error.reason
+
+
+def deliver(transport: Transport, parts: List[bytes]) -> Tuple[bool, str]:
+    """Send ``parts`` as one batch (or two halves after a 413); True when all were accepted."""
+    outcomes = transport.deliver(parts)
+    for _, _, outcome in outcomes:
+        if isinstance(outcome, DeliveryError):
+            return False, _failure_text(outcome)
+    statuses = sorted({o.status for _, _, o in outcomes if isinstance(o, Response)})
+    return True, "HTTP " + "/".join(str(s) for s in statuses)
