@@ -32,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Protocol
 
 from ._spec import SINGLE_CALL_PATHS, Verdict, basic_auth_user
+from ._transport import BATCH_PATH
 
 __all__ = ["LocalCollector", "Reply", "Request"]
 
@@ -101,7 +102,7 @@ class Request:
         """The messages the request carried (the batch, or the one single-call message)."""
         if not isinstance(self.body, dict):
             return []
-        if self.path.rstrip("/") == "/v1/batch":
+        if self.path.rstrip("/") == BATCH_PATH:
             batch = self.body.get("batch")
             return [m for m in batch if isinstance(m, dict)] if isinstance(batch, list) else []
         kind = SINGLE_CALL_PATHS.get(self.path.rstrip("/"))

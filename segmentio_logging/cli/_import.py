@@ -19,6 +19,7 @@ from typing import IO, Any, Dict, Iterator, List, Optional
 from .._errors import InvalidMessage
 from .._message import (
     MAX_BATCH_BYTES,
+    MAX_BATCH_COUNT,
     MAX_MESSAGE_BYTES,
     MESSAGE_TYPES,
     envelope_size,
@@ -160,8 +161,8 @@ def import_file(args: argparse.Namespace) -> int:
     fmt = args.format or ("csv" if path.lower().endswith(".csv") else "jsonl")
     if fmt != "csv" and args.map:
         raise UsageError("--map is for CSV input (the file reads as JSON Lines; pass --format csv)")
-    if args.batch_size < 1 or args.batch_size > 2500:
-        raise UsageError("--batch-size must be between 1 and 2500")
+    if args.batch_size < 1 or args.batch_size > MAX_BATCH_COUNT:
+        raise UsageError(f"--batch-size must be between 1 and {MAX_BATCH_COUNT}")
     if args.rate < 0 or not math.isfinite(args.rate):
         raise UsageError("--rate must be a number of messages a second (0: no limit)")
     if args.limit is not None and args.limit < 1:
