@@ -34,10 +34,10 @@ from ._message import (
     MESSAGE_TYPES,
     build_message,
     encode,
-    format_timestamp,
     new_message_id,
 )
 from ._options import Options, env_var, resolve_options
+from ._timestamps import format_timestamp
 from ._transport import Response, Transport
 from ._version import __version__
 

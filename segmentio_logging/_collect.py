@@ -29,8 +29,8 @@ from ._message import (
     MAX_BATCH_COUNT,
     MAX_MESSAGE_BYTES,
     MESSAGE_TYPES,
-    format_timestamp,
 )
+from ._timestamps import format_timestamp
 from .testing import SINGLE_CALL_PATHS, LocalCollector, Reply, Request
 
 __all__ = ["Checked", "Receiver", "Verdict", "check_message", "check_request", "is_iso8601"]

@@ -48,9 +48,9 @@ from ._message import (
     MAX_MESSAGE_BYTES,
     MESSAGE_TYPES,
     envelope_size,
-    format_timestamp,
 )
 from ._options import Options
+from ._timestamps import format_timestamp
 
 if TYPE_CHECKING:
     pass

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Mapping, Optional
 from urllib.parse import urlsplit
 
-from ._message import _STANDARD_RECORD_ATTRS, MAX_BATCH_COUNT, RESERVED_FIELDS, SESSION_ID
+from ._capture import STANDARD_RECORD_ATTRS
+from ._message import MAX_BATCH_COUNT, RESERVED_FIELDS, SESSION_ID
 
 DEFAULT_HOST = "https://api.segment.io"
 DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024  # the same as _spool.DEFAULT_MAX_BYTES
@@ -161,7 +162,7 @@ def _field_names(name: str, value: Any) -> Dict[str, str]:
             raise ValueError(
                 f"{name}: the attribute for {key!r} must be an identifier, got {attr!r}"
             )
-        if attr in _STANDARD_RECORD_ATTRS:
+        if attr in STANDARD_RECORD_ATTRS:
             raise ValueError(f"{name}: {attr!r} is a LogRecord attribute and cannot carry {key!r}")
         result[key] = attr
     names = {key: key for key in RESERVED_FIELDS}

@@ -23,8 +23,9 @@ import urllib3
 from urllib3.exceptions import HTTPError
 
 from ._errors import DeliveryError
-from ._message import batch_body, format_timestamp
+from ._message import batch_body
 from ._options import Options
+from ._timestamps import format_timestamp
 from ._version import __version__
 
 BATCH_PATH = "/v1/batch"
