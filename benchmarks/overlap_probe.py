@@ -24,7 +24,7 @@ sys.path.insert(0, HERE)
 
 from receiver import Receiver  # noqa: E402
 
-from segmentio_logging._message import RecordMapper  # noqa: E402
+from segmentio_logging._capture import RecordMapper  # noqa: E402
 from segmentio_logging._transport import Transport  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     assert captured is not None
 
     def prepare() -> List[bytes]:
-        return [mapper.prepare(captured)[1] for _ in range(100)]
+        return [mapper.encode(captured)[1] for _ in range(100)]
 
     with Receiver() as receiver:
         transport = Transport(host=receiver.url, write_key="key", gzip=True)

@@ -169,18 +169,18 @@ class StdlibJsonContender(SegmentContender):
         self._saved: Optional[Tuple[Any, Any]] = None
 
     def burst(self, n: int) -> None:
-        from segmentio_logging import _message
+        from segmentio_logging import _json
 
         if self._saved is None:
-            self._saved = _message.FAST_JSON, _message.PLAIN_JSON
-            _message.FAST_JSON = _message.PLAIN_JSON = None
+            self._saved = _json.FAST_JSON, _json.PLAIN_JSON
+            _json.FAST_JSON = _json.PLAIN_JSON = None
         super().burst(n)
 
     def _restore(self) -> None:
-        from segmentio_logging import _message
+        from segmentio_logging import _json
 
         if self._saved is not None:
-            _message.FAST_JSON, _message.PLAIN_JSON = self._saved
+            _json.FAST_JSON, _json.PLAIN_JSON = self._saved
             self._saved = None
 
     def flush(self) -> None:

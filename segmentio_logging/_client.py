@@ -6,9 +6,10 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ._errors import InvalidMessage, SegmentError
-from ._message import _MUTABLE_FIELDS, _snapshot, build_message, encode
+from ._message import build_message, encode
 from ._options import resolve_options
 from ._pipeline import make_pipeline
+from ._snapshot import MUTABLE_FIELDS, snapshot
 
 Callback = Callable[[Any, Any], Any]
 
@@ -204,9 +205,9 @@ class Client:
         # Before the message gets its messageId: in a child forked without Python's
         # fork hooks, this is where the ids (and the pipeline) start afresh.
         self._pipeline.check_fork()
-        for name in _MUTABLE_FIELDS:  # what the caller changes afterwards is not sent
+        for name in MUTABLE_FIELDS:  # what the caller changes afterwards is not sent
             if fields.get(name) is not None:
-                fields[name] = _snapshot(fields[name])
+                fields[name] = snapshot(fields[name])
         message = build_message(kind, **fields)  # raises InvalidMessage (a ValueError)
         try:
             data = encode(message)

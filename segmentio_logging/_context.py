@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import Any, Dict, Iterator, Mapping, MutableMapping, Optional, Tuple
 
-from ._message import _snapshot
+from ._snapshot import snapshot
 
 BINDABLE = ("user_id", "anonymous_id", "context", "integrations")
 
@@ -50,9 +50,9 @@ def _merged(
     if anonymous_id is not None or session_id is not None:
         bound["anonymous_id"] = anonymous_id if anonymous_id is not None else session_id
     if context:
-        bound["context"] = {**bound.get("context", {}), **_snapshot(dict(context))}
+        bound["context"] = {**bound.get("context", {}), **snapshot(dict(context))}
     if integrations:
-        bound["integrations"] = {**bound.get("integrations", {}), **_snapshot(dict(integrations))}
+        bound["integrations"] = {**bound.get("integrations", {}), **snapshot(dict(integrations))}
     return bound
 
 

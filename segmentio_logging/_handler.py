@@ -13,10 +13,11 @@ import threading
 import weakref
 from typing import Any, Dict, List, Optional, Union
 
+from ._capture import RecordMapper
 from ._context import bound_identity
 from ._errors import InvalidMessage
+from ._json import safe_str
 from ._lifecycle import before_close_all, busy_threads, marked_busy, on_fork_in_child
-from ._message import RecordMapper, _safe_str
 from ._options import resolve_options
 from ._pipeline import make_pipeline
 
@@ -58,7 +59,7 @@ class SegmentHandler(logging.Handler):
         super().__init__(level)
         self.options = resolved
         self._mapper = mapper
-        self._pipeline = make_pipeline(self.options, mapper.prepare, self._describe)
+        self._pipeline = make_pipeline(self.options, mapper.encode, self._describe)
         self._count_lock = threading.Lock()
         self._skipped = 0
         self._ignored = 0
@@ -77,7 +78,7 @@ class SegmentHandler(logging.Handler):
     def _describe(self, item: Any) -> Dict[str, Any]:
         """What on_failure gets of a record it will not send: its fields by name."""
         if isinstance(item, logging.LogRecord):  # it broke before it could be captured
-            return {"logger": item.name, "created": item.created, "text": _safe_str(item.msg)}
+            return {"logger": item.name, "created": item.created, "text": safe_str(item.msg)}
         return self._mapper.describe(item)
 
     def handle(self, record: logging.LogRecord) -> Any:
@@ -136,7 +137,7 @@ class SegmentHandler(logging.Handler):
     def _reject(self, record: Any, exc: Exception, what: str) -> None:
         """Count and report a record that broke on the caller's side, then ``handleError``."""
         try:
-            error = InvalidMessage(f"{what}: {type(exc).__name__}: {_safe_str(exc)}")
+            error = InvalidMessage(f"{what}: {type(exc).__name__}: {safe_str(exc)}")
             self._pipeline.reject(record, error)
         except Exception:  # pragma: no cover - reporting must not raise into the app either
             pass

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Dict, Mapping, Optional, TypeVar
 from urllib.parse import urlsplit
 
-from ._message import _STANDARD_RECORD_ATTRS, MAX_BATCH_COUNT, RESERVED_FIELDS, SESSION_ID
+from ._segment import MAX_BATCH_COUNT, RESERVED_FIELDS, SESSION_ID, STANDARD_RECORD_ATTRS
 
 DEFAULT_HOST = "https://api.segment.io"
 DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024  # also the disk spool's default (_spool imports it)
@@ -116,7 +116,7 @@ def _field_names(name: str, value: Any) -> Dict[str, str]:
             raise ValueError(
                 f"{name}: the attribute for {key!r} must be an identifier, got {attr!r}"
             )
-        if attr in _STANDARD_RECORD_ATTRS:
+        if attr in STANDARD_RECORD_ATTRS:
             raise ValueError(f"{name}: {attr!r} is a LogRecord attribute and cannot carry {key!r}")
         result[key] = attr
     names = {key: key for key in RESERVED_FIELDS}

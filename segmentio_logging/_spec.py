@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional
 
-from ._message import (
+from ._segment import (
     MAX_BATCH_BYTES,
     MAX_BATCH_COUNT,
     MAX_MESSAGE_BYTES,

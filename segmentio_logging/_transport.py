@@ -23,8 +23,10 @@ import urllib3
 from urllib3.exceptions import HTTPError
 
 from ._errors import DeliveryError
-from ._message import MAX_BATCH_BYTES, batch_body, envelope_size, format_timestamp
+from ._message import batch_body, envelope_size
 from ._options import Options
+from ._segment import MAX_BATCH_BYTES
+from ._timestamps import format_timestamp
 from ._version import __version__
 
 BATCH_PATH = "/v1/batch"

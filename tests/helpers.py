@@ -1,10 +1,25 @@
-"""Helpers shared by the test suite: free and closed ports, a callback recorder."""
+"""Helpers shared by the test suite: free and closed ports, a callback recorder; for the
+mapping and JSON tests, both JSON backends, log records, values and Hypothesis strategies."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import enum
+import json
+import logging
+import re
 import socket
 import threading
-from typing import Any, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from segmentio_logging import MessageTooLarge, __version__, _json
+from segmentio_logging._capture import RecordMapper
+from segmentio_logging._message import encode
 
 
 def free_port() -> int:
@@ -34,3 +49,175 @@ class Recorder:
     def __call__(self, data: Any, arg: Any) -> None:
         self.calls.append((data, arg))
         self.event.set()
+
+
+# --------------------------------------------------------------------------- mapping and JSON
+
+
+@pytest.fixture(autouse=True, scope="module", params=["stdlib-json", "orjson"])
+def json_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run every test of a module that imports this with both encoders: the standard
+    library and orjson."""
+    saved = _json.FAST_JSON, _json.PLAIN_JSON
+    if request.param == "stdlib-json":
+        _json.FAST_JSON = _json.PLAIN_JSON = None
+    elif saved[0] is None:
+        pytest.skip("orjson is not installed")
+    try:
+        yield str(request.param)
+    finally:
+        _json.FAST_JSON, _json.PLAIN_JSON = saved
+
+
+LIBRARY = {"name": "segmentio-logging", "version": __version__}
+ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+TOO_LARGE = re.compile(
+    r"^message is \d{1,3}(,\d{3})* bytes, over Segment's 32 KB limit \(32,768 bytes\)$"
+)
+CREATED = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z
+CREATED_ISO = "2023-11-14T22:13:20.250Z"
+_logger = logging.getLogger("tests.message.records")
+
+
+def make_record(msg: Any = "Played a Song", *args: Any, **extra: Any) -> logging.LogRecord:
+    """A real LogRecord, as ``logger.info(msg, *args, extra=extra)`` makes it."""
+    record = _logger.makeRecord(
+        _logger.name, logging.INFO, __file__, 1, msg, args, None, extra=extra or None
+    )
+    record.created = CREATED
+    return record
+
+
+class GeneralOnlyMapper(RecordMapper):
+    """A mapper that never takes the plain track path: what every record got before it."""
+
+    def _capture_track(self, *args: Any) -> None:
+        return None
+
+
+def mapped(record: logging.LogRecord, **options: Any) -> Dict[str, Any]:
+    """The message a default (or configured) mapper makes of ``record``.
+
+    Also checks that what the worker sends (``encode``, which may capture and splice a
+    plain track without a dict) is the JSON the general path makes of the same record,
+    key for key and in the same order.
+    """
+    mapper = RecordMapper(**options)
+    captured = mapper.capture(record)
+    assert captured is not None
+    message = mapper.build(captured)
+    general = GeneralOnlyMapper(**options).capture(record)
+    assert general is not None
+    try:
+        expected = json.loads(encode(GeneralOnlyMapper(**options).build(general)))
+    except MessageTooLarge:
+        with pytest.raises(MessageTooLarge):
+            mapper.encode(captured)
+        return message
+    no_message, data = mapper.encode(captured)
+    assert no_message is None  # callbacks decode what was sent
+    sent = json.loads(data)
+    assert json.loads(encode(message)).keys() == sent.keys()
+    del sent["messageId"], expected["messageId"]  # a new one for each message
+    assert list(sent.items()) == list(expected.items())
+    return message
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: Any
+
+
+class BadStr:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __repr__(self) -> str:
+        return "BadStr()"
+
+
+class Hostile:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def nested_lists(depth: int) -> List[Any]:
+    value: List[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# Hypothesis strategies for values a caller may log: JSON's own, and any other.
+
+
+class _Thing:
+    """An arbitrary object with a stable str()."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __str__(self) -> str:
+        return f"thing-{self.n}"
+
+
+_offsets = st.builds(
+    dt.timezone,
+    st.timedeltas(min_value=dt.timedelta(hours=-23), max_value=dt.timedelta(hours=23)),
+)
+_hashables = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.uuids(),
+    st.dates(),
+    st.tuples(st.integers(), st.text(max_size=3)),
+)
+_odd = st.one_of(
+    _hashables,
+    st.decimals(allow_nan=True, allow_infinity=True),
+    st.datetimes(),
+    st.datetimes(timezones=_offsets),
+    st.times(),
+    st.timedeltas(),
+    st.sets(st.one_of(st.integers(), st.text(max_size=4), st.floats()), max_size=4),
+    st.frozensets(st.integers(), max_size=4),
+    st.sampled_from([Color.RED, Level.HIGH, Point(1, 2)]),
+    st.builds(Hostile),  # built, not sampled: Hypothesis shows sampled values with repr()
+    st.builds(BadStr),
+    st.integers(0, 5).map(_Thing),
+    st.sampled_from(["\ud800", "a\udfffb", "\x00\u2028", "é" * 3]),
+)
+any_values = st.recursive(
+    _odd,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.tuples(children, children),
+        st.dictionaries(st.text(max_size=6), children, max_size=4),
+        st.dictionaries(_hashables, children, max_size=3),
+    ),
+    max_leaves=25,
+)
+_big = st.integers(0, 40_000).map(lambda n: "x" * n)
+property_sets = st.dictionaries(
+    st.one_of(st.text(max_size=8), _hashables), st.one_of(any_values, _big), max_size=6
+)
+
+property_settings = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, List, Tuple
 import pytest
 
 from segmentio_logging import DeliveryError, Response, __version__, _transport
-from segmentio_logging._message import MAX_BATCH_BYTES
+from segmentio_logging._segment import MAX_BATCH_BYTES
 from segmentio_logging._transport import (
     Deadline,
     Outcome,

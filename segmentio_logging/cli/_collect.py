@@ -18,8 +18,8 @@ import time
 from typing import IO, Any, Callable, Dict, List, Optional
 
 from .. import _report
-from .._message import format_timestamp
 from .._spec import Verdict, check_request
+from .._timestamps import format_timestamp
 from ..testing import LocalCollector, Request
 from ._common import EXIT_FAILED, EXIT_OK, UsageError, say
 

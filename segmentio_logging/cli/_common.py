@@ -9,9 +9,10 @@ import sys
 from typing import IO, Any, Dict, List, Optional, Tuple
 
 from .._errors import DeliveryError, InvalidMessage
-from .._message import build_message, encode, format_timestamp, new_message_id
+from .._message import build_message, encode, new_message_id
 from .._options import Options, env_var, resolve_options
 from .._spec import OBJECT_FIELDS, check_message
+from .._timestamps import format_timestamp
 from .._transport import Response, Transport
 
 EXIT_OK = 0

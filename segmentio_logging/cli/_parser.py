@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .._message import MESSAGE_TYPES
+from .._segment import MESSAGE_TYPES
 from .._version import __version__
 from ._collect import collect
 from ._common import FIELD_KEYWORDS, JSON_FIELDS

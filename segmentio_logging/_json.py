@@ -1,0 +1,252 @@
+"""Any value to JSON that Segment accepts: deterministic conversion, compact encoding.
+
+The standard library's ``json``, or orjson when it is installed (the ``fast``
+extra); both give the same JSON values. Pure: no I/O, and nothing here raises.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import enum
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any, Callable, Dict, List, Optional
+
+__all__ = [
+    "FAST_JSON",
+    "MAX_DEPTH",
+    "PLAIN_JSON",
+    "PLAIN_OPTIONS",
+    "bytes_to_str",
+    "dumps",
+    "encode_json",
+    "preview",
+    "safe_str",
+    "to_json_safe",
+]
+
+# Nesting deeper than this becomes "<too deep>": here, and in the snapshot taken at emit.
+MAX_DEPTH = 64
+
+
+def safe_str(value: Any) -> str:
+    """``str(value)``; its ``repr()``, or a placeholder, when that raises."""
+    try:
+        return str(value)
+    except Exception:
+        try:
+            return repr(value)
+        except Exception:
+            return f"<unprintable {type(value).__qualname__} object>"
+
+
+def preview(value: Any, limit: int = 60) -> str:
+    """``value`` quoted for an error message, cut after ``limit`` characters."""
+    text = safe_str(value)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def bytes_to_str(value: bytes) -> str:
+    """UTF-8 text as such; other bytes in base64."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode("ascii")
+
+
+def _sorted_items(value: Any) -> List[Any]:
+    try:
+        return sorted(value)
+    except Exception:  # mixed or unorderable items: order by type, then text
+        return sorted(value, key=lambda item: (type(item).__name__, safe_str(item)))
+
+
+def _default(value: Any) -> Any:
+    """Convert one value that ``json`` cannot carry; the result may need converting again."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc)
+        return value.isoformat()
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return float(value) if value.is_finite() else None
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return _sorted_items(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes_to_str(bytes(value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return dict(value)
+    return safe_str(value)
+
+
+def _convert(value: Any) -> Any:
+    """:func:`_default` that never raises: whatever fails to convert becomes its ``str()``."""
+    try:
+        return _default(value)
+    except Exception:
+        return safe_str(value)
+
+
+def _int(value: int) -> Optional[int]:
+    # Python 3.11+ refuses to write ints of more than 4,300 digits (sys.set_int_max_str_digits);
+    # such a number is beyond any float as well, so it goes the way of infinity: null.
+    if value.bit_length() < 2_000:
+        return value
+    try:
+        int.__repr__(value)
+    except ValueError:
+        return None
+    return value
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return str.__str__(key)
+    if key is True:
+        return "true"
+    if key is False:
+        return "false"
+    if key is None:
+        return "null"
+    # As json writes them: int and float subclasses (IntEnum...) by their number.
+    if isinstance(key, int):
+        try:
+            return int.__repr__(key)
+        except ValueError:  # too many digits
+            return safe_str(key)
+    if isinstance(key, float):
+        return float.__repr__(key) if math.isfinite(key) else safe_str(key)
+    converted = _convert(key)
+    return converted if isinstance(converted, str) else safe_str(converted)
+
+
+def to_json_safe(value: Any) -> Any:
+    """A deterministic copy of ``value`` that ``json.dumps(allow_nan=False)`` accepts.
+
+    Never raises: cycles become ``"<cycle>"``, nesting deeper than 64 becomes
+    ``"<too deep>"``, NaN and infinities become ``None``, and whatever has no
+    JSON form becomes its ``str()`` (``repr()``, or a placeholder, if that raises).
+    """
+    return _safe(value, set(), 0)
+
+
+def _safe(value: Any, seen: set[int], depth: int) -> Any:
+    if value is None or value is True or value is False:
+        return value
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is int:
+        return _int(value)
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, (int, float)) and not isinstance(value, enum.Enum):
+        # As json writes subclasses: by the number they hold, not their own __int__/__float__.
+        if isinstance(value, int):
+            return _int(int.__int__(value))
+        number = float.__float__(value)
+        return number if math.isfinite(number) else None
+    if depth >= MAX_DEPTH:
+        return "<too deep>"
+    marker = id(value)
+    if marker in seen:
+        return "<cycle>"
+    is_container = isinstance(value, (Mapping, list, tuple))
+    if not is_container:
+        converted = _convert(value)
+        if isinstance(converted, (str, int, float)) or converted is None:
+            return _safe(converted, seen, depth)
+        seen.add(marker)
+        try:
+            return _safe(converted, seen, depth + 1)
+        finally:
+            seen.discard(marker)
+    seen.add(marker)
+    try:
+        if isinstance(value, Mapping):
+            out: Dict[str, Any] = {}
+            try:
+                items = list(value.items())
+            except Exception:
+                return safe_str(value)
+            for key, item in items:
+                out[_key(key)] = _safe(item, seen, depth + 1)
+            return out
+        return [_safe(item, seen, depth + 1) for item in value]
+    finally:
+        seen.discard(marker)
+
+
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_convert
+)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON of any value; never raises (see :func:`to_json_safe`).
+
+    The result may hold lone surrogates; :func:`encode_json` escapes them.
+    """
+    try:
+        return _encoder.encode(value)
+    except Exception:  # NaN, cycles, deep nesting, keys json refuses, huge ints...
+        return _encoder.encode(to_json_safe(value))
+
+
+try:  # the ``fast`` extra: about eight times faster than the standard library here
+    import orjson
+
+    def _fast_encode(message: Mapping[str, Any]) -> Optional[bytes]:
+        try:
+            return orjson.dumps(message, default=_convert, option=_ORJSON_OPTIONS)
+        except Exception:  # big ints, non-str keys, lone surrogates, cycles: the stdlib path
+            return None
+
+    # Datetimes and dataclasses go through _convert, as on the standard library path.
+    _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+    FAST_JSON: Optional[Callable[[Mapping[str, Any]], Optional[bytes]]] = _fast_encode
+    # Without a ``default``: raises on anything but JSON's own types, and so never calls
+    # user code. The handler snapshots plain properties with it on the caller's thread.
+    PLAIN_JSON: Optional[Callable[..., bytes]] = orjson.dumps
+    # Subclasses of dict, list, str and int refused too: a copy reads them through their
+    # own items() and __iter__, which orjson would not call.
+    PLAIN_OPTIONS = _ORJSON_OPTIONS | orjson.OPT_PASSTHROUGH_SUBCLASS
+except ImportError:  # pragma: no cover - depends on the environment
+    FAST_JSON = None
+    PLAIN_JSON = None
+    _ORJSON_OPTIONS = PLAIN_OPTIONS = 0
+
+
+def encode_json(message: Mapping[str, Any]) -> bytes:
+    """One message as compact UTF-8 JSON; never raises.
+
+    Uses orjson when it is installed (``pip install 'segmentio-logging[fast]'``),
+    falling back to the standard library for anything orjson refuses; both give
+    the same JSON values.
+    """
+    data = FAST_JSON(message) if FAST_JSON is not None else None
+    if data is None:
+        text = dumps(message)
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates, which UTF-8 cannot carry; they only occur inside JSON strings,
+            # where backslashreplace writes exactly the JSON escape: \ud800.
+            data = text.encode("utf-8", "backslashreplace")
+    return data
