@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from itertools import count
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from ._errors import InvalidMessage, MessageTooLarge
 from ._json import bytes_to_str, encode_json, preview, safe_str
@@ -21,13 +21,10 @@ from ._version import __version__
 
 __all__ = [
     "LIBRARY_NAME",
-    "batch_body",
-    "batch_envelope",
     "build_message",
     "checked_size",
     "dict_field",
     "encode",
-    "envelope_size",
     "new_message_id",
     "plain_track",
     "plain_track_json",
@@ -261,21 +258,3 @@ def plain_track_json(
         return text.encode("utf-8")
     except UnicodeEncodeError:
         return None
-
-
-def batch_envelope(write_key: Optional[str], sent_at: str) -> bytes:
-    """The bytes that close a batch body after its messages."""
-    tail: Dict[str, Any] = {"sentAt": sent_at}
-    if write_key:
-        tail["writeKey"] = write_key
-    return b"]," + json.dumps(tail, separators=(",", ":"))[1:].encode("utf-8")
-
-
-def batch_body(parts: List[bytes], write_key: Optional[str], sent_at: str) -> bytes:
-    """``{"batch": [...], "sentAt": ..., "writeKey": ...}`` from encoded messages, in one pass."""
-    return b'{"batch":[' + b",".join(parts) + batch_envelope(write_key, sent_at)
-
-
-def envelope_size(write_key: Optional[str]) -> int:
-    """Bytes a batch body adds to its messages (an upper bound)."""
-    return len(b'{"batch":[') + len(batch_envelope(write_key, "2026-01-01T00:00:00.000Z"))

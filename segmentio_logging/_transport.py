@@ -11,19 +11,19 @@ import base64
 import datetime as dt
 import email.utils
 import encodings.idna  # noqa: F401  (imported lazily by socket code; a fork mid-import breaks it)
+import json
 import math
 import platform
 import random
 import threading
 import time
 import zlib
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import urllib3
 from urllib3.exceptions import HTTPError
 
 from ._errors import DeliveryError
-from ._message import batch_body, envelope_size
 from ._options import Options
 from ._segment import MAX_BATCH_BYTES
 from ._timestamps import format_timestamp
@@ -129,6 +129,24 @@ def backoff(attempt: int) -> float:
 def _gzip(body: bytes) -> bytes:
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
     return compressor.compress(body) + compressor.flush()
+
+
+def batch_envelope(write_key: Optional[str], sent_at: str) -> bytes:
+    """The bytes that close a batch body after its messages."""
+    tail: Dict[str, Any] = {"sentAt": sent_at}
+    if write_key:
+        tail["writeKey"] = write_key
+    return b"]," + json.dumps(tail, separators=(",", ":"))[1:].encode("utf-8")
+
+
+def batch_body(parts: List[bytes], write_key: Optional[str], sent_at: str) -> bytes:
+    """``{"batch": [...], "sentAt": ..., "writeKey": ...}`` from encoded messages, in one pass."""
+    return b'{"batch":[' + b",".join(parts) + batch_envelope(write_key, sent_at)
+
+
+def envelope_size(write_key: Optional[str]) -> int:
+    """Bytes a batch body adds to its messages (an upper bound)."""
+    return len(b'{"batch":[') + len(batch_envelope(write_key, "2026-01-01T00:00:00.000Z"))
 
 
 def cut_by_bytes(parts: List[bytes], max_bytes: int) -> Iterator[Tuple[int, int]]:

@@ -9,24 +9,28 @@ import json
 import re
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
 from segmentio_logging import DeliveryError, Response, __version__, _transport
+from segmentio_logging._message import build_message, encode
 from segmentio_logging._segment import MAX_BATCH_BYTES
+from segmentio_logging._timestamps import format_timestamp
 from segmentio_logging._transport import (
     Deadline,
     Outcome,
     Transport,
     backoff,
+    batch_body,
     cut_by_bytes,
+    envelope_size,
     is_retryable,
     retry_after,
 )
 from segmentio_logging.testing import LocalCollector, Reply
 
-from .helpers import closed_port
+from .helpers import CREATED, closed_port
 
 MakeTransport = Callable[..., Transport]
 
@@ -591,3 +595,41 @@ class TestCutByBytes:
         long = make_transport(write_key="k" * 100)
         assert MAX_BATCH_BYTES - 200 < long.max_parts_bytes < short.max_parts_bytes
         assert short.max_parts_bytes < MAX_BATCH_BYTES
+
+
+class TestBatchBody:
+    @pytest.mark.parametrize("write_key", ["key", 'k"ey\\ü\u2028', None, ""])
+    @pytest.mark.parametrize("count", [0, 1, 7])
+    def test_body_is_valid_json(self, write_key: Optional[str], count: int) -> None:
+        """The body is {"batch": [...], "sentAt": ..., "writeKey": ...}, writeKey only when set."""
+        messages = [build_message("track", user_id=f"u{i}", event="É") for i in range(count)]
+        parts = [encode(message) for message in messages]
+        sent_at = format_timestamp(CREATED)
+        body = json.loads(batch_body(parts, write_key, sent_at))
+        expected: Dict[str, Any] = {"batch": [json.loads(p) for p in parts], "sentAt": sent_at}
+        if write_key:
+            expected["writeKey"] = write_key
+        assert body == expected
+        assert list(body) == list(expected)
+
+    @pytest.mark.parametrize("write_key", ["key", "w" * 200, 'ü"\\', None])
+    @pytest.mark.parametrize("count", [1, 2, 50])
+    def test_envelope_size_bounds_the_overhead(self, write_key: Optional[str], count: int) -> None:
+        """Body size never exceeds the messages plus one comma each plus envelope_size."""
+        parts = [
+            encode(build_message("track", user_id="u", event="E" * (i + 1))) for i in range(count)
+        ]
+        for epoch in (0.0, CREATED, 253_402_300_799.999):
+            body = batch_body(parts, write_key, format_timestamp(epoch))
+            assert len(body) <= sum(len(p) + 1 for p in parts) + envelope_size(write_key)
+
+    def test_full_batch_stays_under_the_request_limit(self) -> None:
+        """Parts filling MAX_BATCH_BYTES - envelope_size (commas counted) make a body <= 500 KB."""
+        key = "a-write-key"
+        message = build_message("track", user_id="u", event="E", properties={"p": "x" * 30_000})
+        part = encode(message)
+        room = MAX_BATCH_BYTES - envelope_size(key)
+        parts = [part] * (room // (len(part) + 1))
+        body = batch_body(parts, key, format_timestamp(CREATED))
+        assert len(body) <= MAX_BATCH_BYTES
+        assert len(json.loads(body)["batch"]) == len(parts)

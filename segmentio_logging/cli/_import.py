@@ -17,11 +17,10 @@ import time
 from typing import IO, Any, Dict, Iterator, List, Optional
 
 from .._errors import InvalidMessage
-from .._message import envelope_size
 from .._options import Options
 from .._segment import MAX_BATCH_BYTES, MAX_BATCH_COUNT, MAX_MESSAGE_BYTES, MESSAGE_TYPES
 from .._timestamps import format_timestamp
-from .._transport import transport_for
+from .._transport import envelope_size, transport_for
 from ._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
