@@ -3,6 +3,7 @@ mapping and JSON tests, both JSON backends, log records, values and Hypothesis s
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import enum
@@ -221,3 +222,15 @@ property_sets = st.dictionaries(
 property_settings = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+# --------------------------------------------------------------- Segment requests and messages
+
+AUTH = {"authorization": "Basic " + base64.b64encode(b"key:").decode()}  # write key "key"
+
+
+def valid(**fields: Any) -> Dict[str, Any]:
+    """A valid track message with ``fields`` changed (None removes a field)."""
+    message = {"type": "track", "userId": "u1", "event": "E", "messageId": "m-1"}
+    message.update(fields)
+    return {k: v for k, v in message.items() if v is not None}

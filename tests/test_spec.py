@@ -11,14 +11,7 @@ import pytest
 
 from segmentio_logging._spec import basic_auth_user, check_message, check_request, is_iso8601
 
-AUTH = {"authorization": "Basic " + base64.b64encode(b"key:").decode()}
-
-
-def valid(**fields: Any) -> Dict[str, Any]:
-    """A valid track message with ``fields`` changed (None removes a field)."""
-    message = {"type": "track", "userId": "u1", "event": "E", "messageId": "m-1"}
-    message.update(fields)
-    return {k: v for k, v in message.items() if v is not None}
+from .helpers import AUTH, valid
 
 
 class TestCheckMessage:

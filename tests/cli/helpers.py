@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -15,7 +14,6 @@ import urllib3
 from segmentio_logging.testing import LocalCollector
 
 ROOT = Path(__file__).resolve().parents[2]
-AUTH = {"authorization": "Basic " + base64.b64encode(b"key:").decode()}
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -39,11 +37,6 @@ def child_env() -> Dict[str, str]:
 
 
 
-def valid(**fields: Any) -> Dict[str, Any]:
-    """A valid track message with ``fields`` changed (None removes a field)."""
-    message = {"type": "track", "userId": "u1", "event": "E", "messageId": "m-1"}
-    message.update(fields)
-    return {k: v for k, v in message.items() if v is not None}
 
 
 

@@ -21,8 +21,8 @@ from segmentio_logging.cli import main
 from segmentio_logging.cli._collect import SpecCheck
 from segmentio_logging.testing import LocalCollector, Reply
 
-from ..helpers import free_port
-from .helpers import AUTH, child_env, post, valid
+from ..helpers import AUTH, free_port, valid
+from .helpers import child_env, post
 
 
 @pytest.fixture
