@@ -397,7 +397,7 @@ def _local_if_now(stamp: dt.datetime) -> dt.datetime:
             return naive.astimezone()
     except (OverflowError, ValueError, OSError):  # years at the edges of what datetime holds
         pass
-    return stamp
+    return naive
 
 
 def _warn_once(setting: str, text: str) -> None:
