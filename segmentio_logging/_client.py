@@ -202,6 +202,15 @@ class Client:
         )
 
     def _enqueue(self, kind: str, **fields: Any) -> Optional[str]:
+        queued, message = self._queue_message(kind, **fields)
+        return message["messageId"] if queued else None
+
+    def _queue_message(self, kind: str, **fields: Any) -> Tuple[bool, Dict[str, Any]]:
+        """Build and queue one message: (whether it was queued, the message as built).
+
+        Raises ``InvalidMessage`` for a call Segment would reject; a message that
+        cannot be encoded (over 32 KB) is reported to ``on_failure``, not queued.
+        """
         # Before the message gets its messageId: in a child forked without Python's
         # fork hooks, this is where the ids (and the pipeline) start afresh.
         self._pipeline.check_fork()
@@ -213,12 +222,10 @@ class Client:
             data = encode(message)
         except SegmentError as error:
             self._pipeline.reject(message, error)
-            return None
+            return False, message
         # A right-sized copy to queue: orjson's bytes each hold a 4 KB buffer.
         item: Tuple[Dict[str, Any], bytes] = (message, b"".join((data, b"")))
-        if not self._pipeline.put(item):
-            return None
-        return message["messageId"]  # type: ignore[no-any-return]
+        return self._pipeline.put(item), message
 
     # ------------------------------------------------------------------ control
 
