@@ -574,9 +574,7 @@ class TestModuleSettings:
         read = set(re.findall(r"(\w+)=\1\b", source))
         assert read <= set(SETTINGS), read - set(SETTINGS)
 
-    def test_the_default_client_is_built_at_the_first_call(
-        self, collector: LocalCollector
-    ) -> None:
+    def test_the_default_client_is_built_at_the_first_call(self, collector: LocalCollector) -> None:
         """Settings in force at the first call configure it; later changes do not."""
         analytics.write_key = "first-key"
         analytics.host = collector.url

@@ -48,7 +48,6 @@ def make_client(collector: LocalCollector) -> Iterator[Any]:
         client.shutdown(timeout=2)
 
 
-
 def assert_common_shape(message: Dict[str, Any]) -> None:
     assert isinstance(message["messageId"], str) and 0 < len(message["messageId"]) <= 100
     assert message["timestamp"].endswith("Z")

@@ -113,7 +113,6 @@ def assert_accounted(handler: SegmentHandler) -> Dict[str, int]:
     return stats
 
 
-
 TRANSIENT = {
     "500": [Reply(500)],
     "502-503-504": [Reply(502), Reply(503), Reply(504)],

@@ -46,7 +46,6 @@ def failures() -> Iterator[List[Tuple[Any, Any]]]:
     FAILED.clear()
 
 
-
 def handlers_of(*loggers: logging.Logger) -> List[logging.Handler]:
     return [h for lg in loggers for h in lg.handlers]
 
@@ -571,7 +570,6 @@ class TestListenerAfterFork:
         finally:
             listener.stop()
             handler.close()
-
 
 
 class TestPersist:

@@ -100,7 +100,6 @@ def finish(proc: subprocess.Popen[str], timeout: float = 30.0) -> Tuple[Dict[str
     return json.loads(out.strip().splitlines()[-1]), err
 
 
-
 def ids(collector: LocalCollector) -> Counter[str]:
     return Counter(str(m["messageId"]) for m in collector.messages)
 

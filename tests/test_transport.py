@@ -84,7 +84,6 @@ def assert_partition(outcomes: List[Outcome], count: int) -> None:
     assert position == count
 
 
-
 def only_error(outcomes: List[Outcome]) -> DeliveryError:
     assert len(outcomes) == 1
     error = outcomes[0][2]

@@ -31,7 +31,6 @@ SPOOL_CHUNK = 1_000
 SPOOL_RETRY_CAP = 30.0
 
 
-
 class _Backoff:
     """The sender's outage state. Only the sender thread creates, reads and writes one."""
 

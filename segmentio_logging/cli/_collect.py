@@ -253,9 +253,7 @@ def collect(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"cannot write {args.jsonl}: {exc}") from None
     printer = _Printer(output, jsonl=bool(args.jsonl))
-    check = SpecCheck(
-        write_key=args.writeKey, strict=args.strict, on_verdict=printer, keep=False
-    )
+    check = SpecCheck(write_key=args.writeKey, strict=args.strict, on_verdict=printer, keep=False)
     try:
         receiver = LocalCollector(args.host, args.port, check=check)
     except OSError as exc:

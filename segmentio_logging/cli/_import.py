@@ -241,9 +241,7 @@ class _Import:
         self._summary()
         if self.failure is not None:
             failed = self.counts["failed"]
-            say(
-                f"error: {failed} message{'s' if failed != 1 else ''} not accepted: {self.failure}"
-            )
+            say(f"error: {failed} message{'s' if failed != 1 else ''} not accepted: {self.failure}")
             say(f"stopped; run the same command again to resume after line {self._last():,}")
             return EXIT_FAILED
         if stopped:

@@ -28,16 +28,11 @@ def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
     )
 
 
-
 def child_env() -> Dict[str, str]:
     """The environment of a child process: no SEGMENT_* variable, this checkout importable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENT_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
-
-
-
-
 
 
 def post(url: str, body: bytes, headers: Optional[Dict[str, str]] = None) -> int:
@@ -50,12 +45,10 @@ def post(url: str, body: bytes, headers: Optional[Dict[str, str]] = None) -> int
         http.clear()
 
 
-
 def write_lines(path: Path, lines: List[str]) -> Path:
     """Write ``lines`` to ``path``, each ending in a newline."""
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
-
 
 
 def jsonl_events(count: int, start: int = 1) -> List[str]:
@@ -74,11 +67,9 @@ def jsonl_events(count: int, start: int = 1) -> List[str]:
     ]
 
 
-
 def import_args(path: Path, collector: LocalCollector, *extra: str) -> List[str]:
     """The command line importing ``path`` into ``collector`` without pacing."""
     return ["import", str(path), "--writeKey=k", f"--host={collector.url}", "--rate=0", *extra]
-
 
 
 def state_of(path: Path) -> Dict[str, Any]:

@@ -33,7 +33,6 @@ class TestImport:
         assert len(set(first)) == 4
         assert first[0] == line_message_id("events.jsonl", 1, jsonl_events(1)[0])
 
-
     def test_resume_after_limit(self, tmp_path: Path, collector: LocalCollector) -> None:
         """Stopped after N lines, the next run sends the rest and nothing twice."""
         path = write_lines(tmp_path / "events.jsonl", jsonl_events(7))
@@ -82,7 +81,6 @@ class TestImport:
         assert main(import_args(path, collector)) == 2
         assert "--restart" in capsys.readouterr().err
         assert len(collector.messages) == 2
-
 
     def test_dry_run_sends_nothing(
         self, tmp_path: Path, collector: LocalCollector, capsys: pytest.CaptureFixture[str]

@@ -20,18 +20,15 @@ class TestMain:
         assert status == 0
         assert collector.messages[0]["type"] == "page"
 
-
     def test_unknown_type_exits_2(self, capsys: pytest.CaptureFixture[str]) -> None:
         """--type must be one of Segment's six types."""
         assert main(["send", "--writeKey=k", "--type=purchase", "--userId=u"]) == 2
         assert "invalid choice" in capsys.readouterr().err
 
-
     def test_usage_errors_exit_2(self) -> None:
         """An unknown command or flag is a usage error."""
         assert main(["bogus"]) == 2
         assert main(["send", "--writeKey=k", "--type=track", "--nope=1"]) == 2
-
 
     def test_help_and_version_exit_0(self, capsys: pytest.CaptureFixture[str]) -> None:
         """--help lists every command and --version prints the version, both with exit 0."""

@@ -105,7 +105,6 @@ class TestCsv:
         assert message["type"] == "identify"
         assert message["traits"] == {"email": "a@example.com", "tier": "pro"}
 
-
     @pytest.mark.parametrize(
         ("spec", "reason"),
         [
@@ -128,7 +127,6 @@ class TestCsv:
         assert main(import_args(path, collector, "--map=userId=uid,event=action")) == 2
         assert "uid" in capsys.readouterr().err
         assert collector.requests == []
-
 
     def test_csv_resume(self, tmp_path: Path, collector: LocalCollector) -> None:
         """A CSV import resumes after its header and the rows already sent."""

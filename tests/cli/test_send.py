@@ -16,7 +16,6 @@ from .helpers import run_cli
 class TestSend:
     """``send``: one message, synchronously, with the end-to-end tester's flags."""
 
-
     @pytest.mark.parametrize(
         ("flags", "expected"),
         [
@@ -89,7 +88,6 @@ class TestSend:
         assert message["integrations"] == {"All": False}
         assert message["timestamp"] == "2020-02-03T04:05:06.000Z"
         assert message["messageId"] == "fixed-id-1"
-
 
     def test_400_exits_non_zero_with_the_reason(
         self, collector: LocalCollector, capsys: pytest.CaptureFixture[str]
@@ -165,7 +163,6 @@ class TestSend:
         assert status == 2
         assert reason in capsys.readouterr().err
         assert collector.requests == []
-
 
     def test_fields_of_another_type_are_ignored_with_a_note(
         self, collector: LocalCollector, capsys: pytest.CaptureFixture[str]
