@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ._errors import InvalidMessage, SegmentError
 from ._message import build_message, encode
 from ._options import resolve_options
+from ._outcomes import Ledger
 from ._pipeline import make_pipeline
 from ._snapshot import MUTABLE_FIELDS, snapshot
 
@@ -490,23 +491,11 @@ def shutdown(timeout: Optional[float] = None) -> bool:
     return True if client is None else client.shutdown(timeout)
 
 
-_STAT_NAMES = (
-    "enqueued",
-    "delivered",
-    "failed",
-    "dropped",
-    "pending",
-    "queued",
-    "batches",
-    "retries",
-)
-
-
 def stats() -> Dict[str, int]:
     """The default client's counters (zeros before the first call)."""
     client = _default
     if client is None:
-        return dict.fromkeys(_STAT_NAMES, 0)
+        return Ledger().counts(queued=0)  # every counter, at zero
     return client.stats()
 
 

@@ -56,11 +56,13 @@ class Host(Protocol):
 
 
 class Batch(NamedTuple):
-    """Items encoded on the worker: messages and bytes side by side, and how many failed."""
+    """Items encoded on the worker: messages and bytes side by side; how many failed to
+    encode (dropped, reported) and how many ``before_send`` filtered out."""
 
     messages: List[Optional[Dict[str, Any]]]
     parts: List[bytes]
     dropped: int
+    filtered: int
 
 
 class Delivery(Protocol):

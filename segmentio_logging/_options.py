@@ -27,6 +27,8 @@ MIN_SPOOL_MAX_BYTES = 64 * 1024  # two Segment-sized messages, with room to spar
 
 SuccessCallback = Callable[[Any, Any], Any]
 FailureCallback = Callable[[Any, Any], Any]
+# fn(message) -> the message to send (changed or not), or None to send nothing.
+BeforeSend = Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]
 
 Check = Callable[[str, Any], Any]
 """``check(name, value)``: the value to keep for option ``name``, or TypeError (wrong
@@ -93,6 +95,23 @@ def _callback(name: str, value: Any) -> Optional[Callable[..., Any]]:
     if not callable(value):
         raise TypeError(f"{name} must be a callable or a dotted path to one, got {value!r}")
     return value  # type: ignore[no-any-return]
+
+
+def _json_object(name: str, value: Any) -> Dict[str, Any]:
+    """A JSON object: a mapping with string keys that JSON can carry, or its JSON text."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"{name} must be a JSON object, got {value!r}: {exc}") from None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict (a JSON object), got {type(value).__name__}")
+    if not all(isinstance(key, str) for key in value):
+        raise TypeError(f"{name} must have string keys")
+    try:
+        return dict(json.loads(json.dumps(dict(value))))  # a copy the caller cannot change
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must hold only JSON values: {exc}") from None
 
 
 def _field_names(name: str, value: Any) -> Dict[str, str]:
@@ -217,6 +236,8 @@ class Options:
     spool_path: Optional[str] = _option(None, _optional(_spool_path))
     spool_max_bytes: int = _option(DEFAULT_SPOOL_MAX_BYTES, _number(int, MIN_SPOOL_MAX_BYTES))
     spool_max_age: Optional[float] = _option(None, _optional(_number(float, 0.001)))
+    before_send: Optional[BeforeSend] = _option(None, _callback)  # noqa: RUF009 - a field()
+    default_context: Dict[str, Any] = _option_made_by(dict, _json_object)  # noqa: RUF009 - a field()
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Options))

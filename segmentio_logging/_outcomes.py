@@ -38,6 +38,7 @@ class Ledger:
         "dropped_caller",
         "dropped_worker",
         "failed",
+        "filtered",
         "lock",
         "retries",
         "taken",
@@ -52,6 +53,7 @@ class Ledger:
         self.failed = 0
         self.dropped_worker = 0  # could not be encoded, or swept at close
         self.dropped_caller = 0  # refused before they were queued (full, closed, invalid)
+        self.filtered = 0  # before_send returned None: not sent, and no error
         self.unreported_full = 0  # full-queue drops not yet told to on_failure
         self.batches = 0
         self.retries = 0  # requests sent again
@@ -69,6 +71,7 @@ class Ledger:
         delivered: int = 0,
         failed: int = 0,
         dropped: int = 0,
+        filtered: int = 0,
         retries: int = 0,
         batch: bool = False,
     ) -> None:
@@ -77,13 +80,14 @@ class Ledger:
             self.delivered += delivered
             self.failed += failed
             self.dropped_worker += dropped
+            self.filtered += filtered
             self.retries += retries
             if delivered or failed or batch:
                 self.batches += 1
 
     def settled_count(self) -> int:
-        """Under the lock: items that reached their end (delivered, failed, dropped)."""
-        return self.delivered + self.failed + self.dropped_worker
+        """Under the lock: items that reached their end (delivered, failed, dropped, filtered)."""
+        return self.delivered + self.failed + self.dropped_worker + self.filtered
 
     def counts(self, queued: int) -> Dict[str, int]:
         """Under the lock: the counters as ``stats()`` gives them, ``queued`` still queued."""
@@ -93,6 +97,7 @@ class Ledger:
             "delivered": self.delivered,
             "failed": self.failed,
             "dropped": self.dropped_worker + self.dropped_caller,
+            "filtered": self.filtered,
             "pending": queued + in_flight,
             "queued": queued,
             "batches": self.batches,

@@ -25,6 +25,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 from . import _lifecycle, _report
 from ._delivery import Batch, Delivery, Encoded, MemoryDelivery
 from ._errors import ClosedError, DeliveryError, InvalidMessage, SegmentError
+from ._hooks import Filtered, with_hooks
 from ._lifecycle import CLOSE_GRACE, marked_busy, may_wait
 from ._message import reset_message_ids
 from ._options import Options
@@ -234,11 +235,14 @@ class Pipeline:
         """Encode ``items``; those that cannot become a message are reported, not counted."""
         messages: List[Optional[Dict[str, Any]]] = []
         parts: List[bytes] = []
-        dropped = 0
+        dropped = filtered = 0
         encode = self.encode
         for item in items:
             try:
                 message, data = encode(item)
+            except Filtered:
+                filtered += 1
+                continue
             except Exception as exc:
                 if not isinstance(exc, SegmentError):  # a bug or a hostile object: report
                     reason = f"could not build the message: {type(exc).__name__}: {exc}"
@@ -248,7 +252,7 @@ class Pipeline:
                 continue
             messages.append(message)
             parts.append(data)
-        return Batch(messages, parts, dropped)
+        return Batch(messages, parts, dropped, filtered)
 
     def _process(self, items: List[Any]) -> None:
         """Encode, cut by bytes and deliver ``items``; settle each one."""
@@ -256,8 +260,8 @@ class Pipeline:
         self.send_cut(batch.messages, batch.parts)
         # Counted last: flush() compares counts, and counting these early would let
         # it return before the earlier items of this batch were sent.
-        if batch.dropped:
-            self.ledger.settle(dropped=batch.dropped)
+        if batch.dropped or batch.filtered:
+            self.ledger.settle(dropped=batch.dropped, filtered=batch.filtered)
 
     def send_cut(self, messages: List[Optional[Dict[str, Any]]], parts: List[bytes]) -> None:
         """Deliver ``parts`` in requests that each fit the request size; settle them."""
@@ -499,8 +503,9 @@ def make_pipeline(
         "on_failure": options.on_failure,
         "sync_mode": options.sync_mode,
     }
-    if encode is not None:
-        settings["encode"] = encode
+    if encode is not None or options.before_send is not None or options.default_context:
+        base: Encode = _already_encoded if encode is None else encode
+        settings["encode"] = with_hooks(base, options.before_send, options.default_context)
     if describe is not None:
         settings["describe"] = describe
     if options.spool_path is not None:

@@ -234,3 +234,10 @@ def valid(**fields: Any) -> Dict[str, Any]:
     message = {"type": "track", "userId": "u1", "event": "E", "messageId": "m-1"}
     message.update(fields)
     return {k: v for k, v in message.items() if v is not None}
+
+
+def identity_holds(stats: Dict[str, int]) -> bool:
+    """Every message offered is accounted for: enqueued = delivered + failed + dropped +
+    filtered (by before_send) + pending."""
+    settled = stats["delivered"] + stats["failed"] + stats["dropped"] + stats["filtered"]
+    return stats["enqueued"] == settled + stats["pending"]

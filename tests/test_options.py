@@ -41,6 +41,8 @@ DEFAULTS: Dict[str, Any] = {
     "spool_path": None,
     "spool_max_bytes": 64 * 1024 * 1024,
     "spool_max_age": None,
+    "before_send": None,
+    "default_context": {},
 }
 
 # One valid value per option, as a keyword argument and as the environment spells it.
@@ -64,6 +66,13 @@ VALID = [
     ("spool_path", "/var/spool/app", "/var/spool/app", "/var/spool/app"),
     ("spool_max_bytes", 1_000_000, "1000000", 1_000_000),
     ("spool_max_age", 86_400, "86400", 86_400.0),
+    ("before_send", json.dumps, "json.dumps", json.dumps),
+    (
+        "default_context",
+        {"app": {"version": "1.2"}},
+        '{"app": {"version": "1.2"}}',
+        {"app": {"version": "1.2"}},
+    ),
 ]
 
 # The examples above by option name, for the tests that run over the table of options.
@@ -94,6 +103,11 @@ INVALID = [
     ("sync_mode", 2, TypeError),
     ("capture_extra", [], TypeError),
     ("field_names", ["user_id"], TypeError),
+    ("before_send", 42, TypeError),
+    ("default_context", ["app"], TypeError),
+    ("default_context", {1: "x"}, TypeError),
+    ("default_context", {"when": object()}, TypeError),
+    ("default_context", "{not json", ValueError),
     ("field_names", {"not_reserved": "x"}, ValueError),
     ("field_names", {"user_id": "not an identifier"}, ValueError),
     ("field_names", {"user_id": "msg"}, ValueError),
@@ -374,3 +388,16 @@ class TestDottedPaths:
         """A string that is not a dotted path raises ValueError naming the option."""
         with pytest.raises(ValueError, match=r"^on_success"):
             resolve_dotted("on_success", path)
+
+
+def test_the_readme_documents_every_option() -> None:
+    """Each option has a row in the README's option table, with its variable."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = {
+        line.split("|")[1].strip().strip("`"): line
+        for line in readme.splitlines()
+        if line.startswith("| `")
+    }
+    for name in OPTION_NAMES:
+        assert name in rows, f"README.md: no row for option {name}"
+        assert f"`{env_var(name)}`" in rows[name], f"README.md: {name} without its variable"

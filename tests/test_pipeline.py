@@ -32,6 +32,8 @@ from segmentio_logging._spool import SpoolDelivery
 from segmentio_logging._transport import Deadline, Outcome, Transport
 from segmentio_logging.testing import LocalCollector, Reply
 
+from .helpers import identity_holds
+
 MakeHandler = Callable[..., SegmentHandler]
 
 WORKER_NAME = "segmentio-logging-worker"
@@ -81,12 +83,6 @@ def release(collector: LocalCollector, workers: Sequence[threading.Thread] = ())
 def workers_since(before: Set[threading.Thread]) -> List[threading.Thread]:
     """Worker threads started since the ``before`` snapshot of ``threading.enumerate()``."""
     return [t for t in threading.enumerate() if t not in before and t.name == WORKER_NAME]
-
-
-def identity_holds(stats: Dict[str, int]) -> bool:
-    return stats["enqueued"] == (
-        stats["delivered"] + stats["failed"] + stats["dropped"] + stats["pending"]
-    )
 
 
 def encoded(i: int) -> Tuple[Dict[str, Any], bytes]:
@@ -791,6 +787,7 @@ class TestDeliveryStrategy:
                 "delivered",
                 "failed",
                 "dropped",
+                "filtered",
                 "pending",
                 "queued",
                 "batches",

@@ -25,7 +25,7 @@ from segmentio_logging._spool import Spool, SpoolDelivery
 from segmentio_logging._transport import Deadline, Transport
 from segmentio_logging.testing import LocalCollector, Reply
 
-from .helpers import closed_url
+from .helpers import closed_url, identity_holds
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the spool needs flock")
@@ -102,11 +102,6 @@ def finish(proc: subprocess.Popen[str], timeout: float = 30.0) -> Tuple[Dict[str
 
 def ids(collector: LocalCollector) -> Counter[str]:
     return Counter(str(m["messageId"]) for m in collector.messages)
-
-
-def identity_holds(stats: Dict[str, int]) -> bool:
-    settled = stats["delivered"] + stats["failed"] + stats["dropped"] + stats["pending"]
-    return stats["enqueued"] == settled
 
 
 def spool_files(directory: Path) -> List[str]:

@@ -204,6 +204,7 @@ class SpoolDelivery:
             with ledger.changing():
                 self._stored += len(items)
                 ledger.dropped_worker += batch.dropped
+                ledger.filtered += batch.filtered
             self._send_wake.set()
 
     # ------------------------------------------------------------------ sender side

@@ -1,0 +1,66 @@
+"""The user's hooks on each message, on the worker: ``default_context``, then ``before_send``.
+
+Both run after the message was built and before it is encoded for sending, on
+the worker thread, never on the caller's. Without either, nothing here runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from ._errors import InvalidMessage
+from ._message import encode as encode_message
+
+Encoded = Tuple[Optional[Dict[str, Any]], bytes]
+Encode = Callable[[Any], Encoded]
+BeforeSend = Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]
+
+
+class Filtered(Exception):
+    """``before_send`` returned None: the message is not sent, and that is no error."""
+
+
+def with_hooks(
+    encode: Encode,
+    before_send: Optional[BeforeSend],
+    default_context: Optional[Dict[str, Any]],
+) -> Encode:
+    """``encode`` followed by the hooks, or ``encode`` itself when there are none.
+
+    The message is decoded when only its bytes were made, ``default_context`` is
+    merged under its own ``context`` (the message's keys win), ``before_send``
+    gets it and returns what to send, and the result is encoded again, its size
+    checked. Raises :class:`Filtered` when ``before_send`` returns None, and
+    :class:`InvalidMessage` when it raises or returns something else than a dict.
+    """
+    if before_send is None and not default_context:
+        return encode
+    defaults = dict(default_context or {})
+
+    def hooked(item: Any) -> Encoded:
+        message, data = encode(item)
+        # A copy: the caller may still hold the message (the client returns it).
+        message = dict(json.loads(data) if message is None else message)
+        if defaults:
+            own = message.get("context")
+            base = copy.deepcopy(defaults) if before_send is not None else defaults
+            message["context"] = {**base, **own} if isinstance(own, dict) else base
+        if before_send is not None:
+            message = _call_before_send(before_send, message)
+        return message, encode_message(message)
+
+    return hooked
+
+
+def _call_before_send(before_send: BeforeSend, message: Dict[str, Any]) -> Dict[str, Any]:
+    try:
+        result = before_send(message)
+    except Exception as exc:  # the user's code: drop this message, report, go on
+        raise InvalidMessage(f"before_send raised {type(exc).__name__}: {exc}") from exc
+    if result is None:
+        raise Filtered
+    if not isinstance(result, dict):
+        raise InvalidMessage(f"before_send must return a dict or None, got {type(result).__name__}")
+    return result
