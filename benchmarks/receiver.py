@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import zlib
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 try:  # about five times faster than json.loads on a batch: the receiver keeps up
     from orjson import loads as _fast_loads
@@ -79,59 +79,117 @@ def _reply(status: str, body: bytes) -> bytes:
     return head.encode("ascii") + body
 
 
+class _BadBatch(Exception):
+    """A batch that does not decode; ``reply`` is the 400 that says why."""
+
+    def __init__(self, reply: bytes) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+class _Head(NamedTuple):
+    """What the receiver reads from a request's head."""
+
+    method: bytes
+    path: bytes
+    length: int
+    gzipped: bool
+    close: bool
+
+
+class _Stream:
+    """The bytes of one connection, read ahead into a buffer across requests."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.buffer = b""
+
+    def read_head(self) -> Optional[bytes]:
+        """The next request's head, without its blank line; None when the client closed."""
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.conn.recv(262_144)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        return head
+
+    def read_body(self, length: int) -> Optional[bytes]:
+        """The next ``length`` bytes; None when the client closed first."""
+        while len(self.buffer) < length:
+            chunk = self.conn.recv(max(262_144, length - len(self.buffer)))
+            if not chunk:
+                return None
+            self.buffer += chunk
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return body
+
+
+def _parse_head(head: bytes) -> _Head:
+    """Method, path, and the three headers the receiver reads; ValueError when malformed."""
+    lines = head.split(b"\r\n")
+    method, path = lines[0].split(b" ")[:2]
+    length = 0
+    gzipped = False
+    close = False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"content-encoding":
+            gzipped = b"gzip" in value.lower()
+        elif name == b"connection":
+            close = value.strip().lower() == b"close"
+    return _Head(method, path, length, gzipped, close)
+
+
+def _decoded_batch(body: bytes, gzipped: bool) -> Any:
+    """The ``batch`` list of a request body; :class:`_BadBatch` when it does not decode."""
+    try:
+        if gzipped:
+            body = zlib.decompress(body, 47)  # gzip or zlib header
+        return loads(body)["batch"]
+    except Exception as exc:
+        raise _BadBatch(_reply("400 Bad Request", json.dumps(str(exc)).encode())) from exc
+
+
+def _answer(head: _Head, body: bytes, arrived: float, counters: Counters) -> bytes:
+    """The reply to one request: count a batch, report the counts, or 404."""
+    if head.method == b"POST" and head.path.startswith(b"/v1/batch"):
+        batch = _decoded_batch(body, head.gzipped)
+        counters.add(len(batch), arrived)
+        return OK
+    if head.method == b"GET" and head.path.startswith(b"/count"):
+        with counters.lock:
+            state = {
+                "count": counters.count,
+                "requests": counters.requests,
+                "last": counters.last,
+            }
+        return _reply("200 OK", json.dumps(state).encode())
+    return _reply("404 Not Found", b'{"error":"not found"}')
+
+
 def _serve_connection(conn: socket.socket, counters: Counters) -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buffer = b""
+    stream = _Stream(conn)
     try:
         while True:
-            while b"\r\n\r\n" not in buffer:
-                chunk = conn.recv(262_144)
-                if not chunk:
-                    return
-                buffer += chunk
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            method, path = lines[0].split(b" ")[:2]
-            length = 0
-            gzipped = False
-            close = False
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"content-encoding":
-                    gzipped = b"gzip" in value.lower()
-                elif name == b"connection":
-                    close = value.strip().lower() == b"close"
-            while len(buffer) < length:
-                chunk = conn.recv(max(262_144, length - len(buffer)))
-                if not chunk:
-                    return
-                buffer += chunk
-            body, buffer = buffer[:length], buffer[length:]
+            raw_head = stream.read_head()
+            if raw_head is None:
+                return
+            head = _parse_head(raw_head)
+            body = stream.read_body(head.length)
+            if body is None:
+                return
             arrived = time.monotonic()
-            if method == b"POST" and path.startswith(b"/v1/batch"):
-                try:
-                    if gzipped:
-                        body = zlib.decompress(body, 47)  # gzip or zlib header
-                    batch = loads(body)["batch"]
-                except Exception as exc:
-                    conn.sendall(_reply("400 Bad Request", json.dumps(str(exc)).encode()))
-                    continue
-                counters.add(len(batch), arrived)
-                conn.sendall(OK)
-            elif method == b"GET" and path.startswith(b"/count"):
-                with counters.lock:
-                    state = {
-                        "count": counters.count,
-                        "requests": counters.requests,
-                        "last": counters.last,
-                    }
-                conn.sendall(_reply("200 OK", json.dumps(state).encode()))
-            else:
-                conn.sendall(_reply("404 Not Found", b'{"error":"not found"}'))
-            if close:
+            try:
+                conn.sendall(_answer(head, body, arrived, counters))
+            except _BadBatch as bad:
+                conn.sendall(bad.reply)
+                continue  # the connection stays open after a 400, whatever the client asked
+            if head.close:
                 return
     except (OSError, ValueError):
         return

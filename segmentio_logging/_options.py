@@ -117,6 +117,15 @@ def _json_object(name: str, value: Any) -> Dict[str, Any]:
 def _field_names(name: str, value: Any) -> Dict[str, str]:
     if value is None:
         return {}
+    result: Dict[str, str] = {}
+    for key, attr in _field_names_mapping(name, value).items():
+        result[key] = _field_name_attribute(name, key, attr)
+    _check_attributes_not_shared(name, result)
+    return result
+
+
+def _field_names_mapping(name: str, value: Any) -> Mapping[Any, Any]:
+    """``value`` as a mapping: a JSON object given as a string is parsed (an empty one is {})."""
     if isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else {}
@@ -126,18 +135,26 @@ def _field_names(name: str, value: Any) -> Dict[str, str]:
         raise TypeError(
             f"{name} must be a mapping of reserved key to attribute name, got {value!r}"
         )
-    result: Dict[str, str] = {}
-    for key, attr in value.items():
-        if key not in RESERVED_FIELDS:
-            known = ", ".join(sorted(RESERVED_FIELDS))
-            raise ValueError(f"{name}: {key!r} is not a reserved key; the keys are {known}")
-        if not isinstance(attr, str) or not attr.isidentifier():
-            raise ValueError(
-                f"{name}: the attribute for {key!r} must be an identifier, got {attr!r}"
-            )
-        if attr in STANDARD_RECORD_ATTRS:
-            raise ValueError(f"{name}: {attr!r} is a LogRecord attribute and cannot carry {key!r}")
-        result[key] = attr
+    return value
+
+
+def _field_name_attribute(name: str, key: Any, attr: Any) -> str:
+    """``attr``, checked as the record attribute that carries the reserved ``key``."""
+    if key not in RESERVED_FIELDS:
+        known = ", ".join(sorted(RESERVED_FIELDS))
+        raise ValueError(f"{name}: {key!r} is not a reserved key; the keys are {known}")
+    if not isinstance(attr, str) or not attr.isidentifier():
+        raise ValueError(f"{name}: the attribute for {key!r} must be an identifier, got {attr!r}")
+    if attr in STANDARD_RECORD_ATTRS:
+        raise ValueError(f"{name}: {attr!r} is a LogRecord attribute and cannot carry {key!r}")
+    return attr
+
+
+def _check_attributes_not_shared(name: str, result: Dict[str, str]) -> None:
+    """No two reserved keys read one attribute, counting the keys ``result`` leaves as they are.
+
+    ``session_id`` is read for ``anonymous_id`` while that key keeps its own name.
+    """
     names = {key: key for key in RESERVED_FIELDS}
     names.update(result)
     taken: Dict[str, str] = {}
@@ -147,7 +164,6 @@ def _field_names(name: str, value: Any) -> Dict[str, str]:
             other = taken.get(attr, "session_id")
             raise ValueError(f"{name}: {key!r} and {other!r} would both read attribute {attr!r}")
         taken[attr] = key
-    return result
 
 
 def _host(name: str, value: Any) -> str:

@@ -274,12 +274,8 @@ class Transport:
                 return
             body = batch_body(parts[start:end], self.write_key, format_timestamp(time.time()))
             attempts += 1
-            status: Optional[int]
-            headers: Dict[str, str] = {}
             try:
-                status, headers, text = self.post(body, min(self.timeout, remaining))
-            except (HTTPError, OSError) as exc:
-                status, text = None, f"{type(exc).__name__}: {exc}"
+                status, headers, text = self._post_once(body, remaining)
             except Exception as exc:  # not a network failure: retrying would not help
                 text = f"{type(exc).__name__}: {exc}"
                 reason = "the request could not be made"
@@ -294,16 +290,11 @@ class Transport:
                 self._deliver_range(parts, start, middle, deadline, budget_end, out)
                 self._deliver_range(parts, middle, end, deadline, budget_end, out)
                 return
-            if not is_retryable(status) or status == 413:
-                out.append((start, end, self._give_up("rejected", count, attempts, last)))
+            refusal = self._no_retry_reason(status, attempts)
+            if refusal is not None:
+                out.append((start, end, self._give_up(refusal, count, attempts, last)))
                 return
-            if attempts > self.max_retries:
-                tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-                reason = f"gave up after {tries} (max_retries={self.max_retries})"
-                out.append((start, end, self._give_up(reason, count, attempts, last)))
-                return
-            asked = retry_after(headers) if status in (429, 503) else None
-            delay = asked if asked is not None else backoff(attempts)
+            delay = self._retry_delay(status, headers, attempts)
             if not deadline.sleep_until(time.monotonic() + delay, limit):
                 why = (
                     "shutdown deadline"
@@ -313,6 +304,33 @@ class Transport:
                 reason = f"gave up: the next retry in {delay:.1f}s would pass the {why}"
                 out.append((start, end, self._give_up(reason, count, attempts, last)))
                 return
+
+    def _post_once(
+        self, body: bytes, remaining: float
+    ) -> Tuple[Optional[int], Dict[str, str], str]:
+        """One request within ``remaining`` seconds; a network failure is status None and its text.
+
+        Any other error is raised: the request could not be made.
+        """
+        try:
+            return self.post(body, min(self.timeout, remaining))
+        except (HTTPError, OSError) as exc:
+            return None, {}, f"{type(exc).__name__}: {exc}"
+
+    def _no_retry_reason(self, status: Optional[int], attempts: int) -> Optional[str]:
+        """Why a failed request is not tried again (413 here: a single message), or None."""
+        if not is_retryable(status) or status == 413:
+            return "rejected"
+        if attempts > self.max_retries:
+            tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+            return f"gave up after {tries} (max_retries={self.max_retries})"
+        return None
+
+    @staticmethod
+    def _retry_delay(status: Optional[int], headers: Mapping[str, str], attempts: int) -> float:
+        """Seconds before the next attempt: ``Retry-After`` on 429 and 503, else the backoff."""
+        asked = retry_after(headers) if status in (429, 503) else None
+        return asked if asked is not None else backoff(attempts)
 
     @staticmethod
     def _give_up(

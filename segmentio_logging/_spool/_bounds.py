@@ -58,25 +58,35 @@ def enforce(
     """
     drops: List[Drop] = []
     if max_age is not None:
-        cutoff = clock() - max_age
-        expired = 0
-        for file in held.files():
-            if file.count == 0:
-                continue
-            try:
-                head = file.head_created()
-                if head is None or head >= cutoff:
-                    continue
-                expired += _trim(held, file, cutoff=cutoff)
-            except sqlite3.Error as exc:
-                held.failed(file, exc)
+        expired = _expire(held, cutoff=clock() - max_age)
         if expired:
             reason = f"{expired} events older than spool_max_age={max_age:g}s deleted"
             drops.append(Drop(expired, reason))
     total = sum(f.size for f in held.files())
-    excess = total + incoming - max_bytes
-    if excess <= 0:
-        return drops
+    dropped = _make_room(held, excess=total + incoming - max_bytes)
+    if dropped:
+        drops.append(bytes_drop(dropped, max_bytes))
+    return drops
+
+
+def _expire(held: HeldFiles, *, cutoff: float) -> int:
+    """Delete the events created before ``cutoff``; how many were deleted."""
+    expired = 0
+    for file in held.files():
+        if file.count == 0:
+            continue
+        try:
+            head = file.head_created()
+            if head is None or head >= cutoff:
+                continue
+            expired += _trim(held, file, cutoff=cutoff)
+        except sqlite3.Error as exc:
+            held.failed(file, exc)
+    return expired
+
+
+def _make_room(held: HeldFiles, *, excess: int) -> int:
+    """Delete the oldest events until ``excess`` bytes are freed; how many were deleted."""
     dropped = 0
     for file in held.files():
         if excess <= 0:
@@ -89,9 +99,7 @@ def enforce(
             excess -= before - file.size
         except sqlite3.Error as exc:
             held.failed(file, exc)
-    if dropped:
-        drops.append(bytes_drop(dropped, max_bytes))
-    return drops
+    return dropped
 
 
 def _trim(

@@ -21,6 +21,7 @@ from .._errors import SpoolError
 from ._file import (
     FORMAT_VERSION,
     HEADER,
+    Contents,
     SpoolFile,
     UnknownFormat,
     close_quietly,
@@ -144,14 +145,31 @@ class HeldFiles:
         still makes progress: the bound then drops the oldest events). The rest is
         left for other processes, or for the next scan once these are drained.
         """
+        names = self._list_directory()
+        if names is None:
+            return 0
+        claimed = self._claim_within_bounds(self._candidates(names))
+        if claimed:
+            self.orphans.sort(key=lambda f: (f.since, f.path))
+        return claimed
+
+    def _list_directory(self) -> Optional[List[str]]:
+        """The names in ``spool_path``; None (and the error collected) when it cannot be listed."""
         directory = self._settings.directory
         try:
-            names = os.listdir(directory)
+            return os.listdir(directory)
         except OSError as exc:
             self._errors.append(
                 SpoolError(f"cannot list spool_path {directory!r}: {exc}", path=directory)
             )
-            return 0
+            return None
+
+    def _candidates(self, names: List[str]) -> List[Tuple[float, str, int]]:
+        """``(mtime, path, approximate size)`` of the databases not held, oldest first.
+
+        Stale lock files met on the way are cleaned up.
+        """
+        directory = self._settings.directory
         held = {f.path for f in self.files()} | self.skip
         candidates: List[Tuple[float, str, int]] = []
         for name in names:
@@ -167,6 +185,10 @@ class HeldFiles:
                     continue
                 candidates.append((stat.st_mtime, path, stat.st_size + _size(path + "-wal")))
         candidates.sort()
+        return candidates
+
+    def _claim_within_bounds(self, candidates: List[Tuple[float, str, int]]) -> int:
+        """Claim ``candidates`` in order while they fit ``max_bytes``; how many were claimed."""
         holding = sum(f.size for f in self.files())
         claimed = 0
         for _mtime, path, approx in candidates:
@@ -181,8 +203,6 @@ class HeldFiles:
             self._by_ident[file.ident] = file
             holding += file.size
             claimed += 1
-        if claimed:
-            self.orphans.sort(key=lambda f: (f.since, f.path))
         return claimed
 
     def _clean_stale_lock(self, lock_path: str) -> None:
@@ -198,28 +218,46 @@ class HeldFiles:
         os.close(fd)
 
     def _claim_one(self, path: str) -> Optional[SpoolFile]:
+        """Lock, check and open the orphan at ``path``; None when it is not to be held.
+
+        A file that is not held is released, deleted, moved aside or skipped
+        here, with its error collected.
+        """
         lock_path = path[: -len(DB)] + LOCK
         fd = lock(lock_path, create=True)
         if fd is None:
             return None  # its process is alive, or another one claimed it
+        if not self._has_sqlite_header(path, lock_path, fd):
+            return None
+        contents = self._open_orphan(path, lock_path, fd)
+        if contents is None:
+            return None
+        return self._hold_orphan(path, lock_path, fd, contents)
+
+    def _has_sqlite_header(self, path: str, lock_path: str, fd: int) -> bool:
+        """Whether ``path`` starts as an SQLite file; if not, it is dealt with and ``fd`` closed."""
         try:
             with open(path, "rb") as stream:
                 header = stream.read(len(HEADER))
         except FileNotFoundError:  # its owner deleted it before we got the lock
             _unlink(lock_path)
             os.close(fd)
-            return None
+            return False
         except OSError as exc:
             self.skip.add(path)
             os.close(fd)
             self._errors.append(SpoolError(f"cannot read spool file {path}: {exc}", path=path))
-            return None
+            return False
         if not header:  # killed right after creating it: nothing was ever stored
             _delete_files(path, lock_path, fd)
-            return None
+            return False
         if header != HEADER:
             self._move_aside(path, lock_path, fd, "not an SQLite file (bad header)", count=0)
-            return None
+            return False
+        return True
+
+    def _open_orphan(self, path: str, lock_path: str, fd: int) -> Optional[Contents]:
+        """The orphan's contents; None when it cannot be used (dealt with, ``fd`` closed)."""
         try:
             contents = open_existing(path, fsync=self._settings.fsync)
         except UnknownFormat as exc:
@@ -246,6 +284,12 @@ class HeldFiles:
         if contents is None:  # killed before the schema was written
             _delete_files(path, lock_path, fd)
             return None
+        return contents
+
+    def _hold_orphan(
+        self, path: str, lock_path: str, fd: int, contents: Contents
+    ) -> Optional[SpoolFile]:
+        """The opened orphan as a held file; None (and the file deleted) when it has no events."""
         file = SpoolFile(
             next(self._idents),
             path,
