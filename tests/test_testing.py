@@ -419,3 +419,27 @@ class TestReplyBody:
         assert Reply().text == '{"success":true}'
         assert Reply(status=400).text == '{"error":"HTTP 400"}'
         assert Reply(status=400, body="nope").text == "nope"
+
+
+def test_connections_have_nagle_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each connection the collector accepts has TCP_NODELAY set: an answer's headers and
+    body go out in two sends, and with Nagle on the body would wait for a delayed ACK."""
+    from segmentio_logging import testing
+
+    seen: List[int] = []
+    original = testing._Handler.setup
+
+    def setup(self: Any) -> None:
+        original(self)
+        seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(testing._Handler, "setup", setup)
+    with LocalCollector() as collector:
+        parts = urlsplit(collector.url)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=5)
+        try:
+            conn.request("POST", "/v1/batch", body=b'{"batch":[]}')
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+    assert len(seen) == 1 and seen[0] != 0
