@@ -4,7 +4,7 @@ Prepares and sends ``--batches`` batches of 100 plain track events to the
 benchmark receiver three ways and prints microseconds per event: in sequence
 on one thread (what the worker does), with one sender thread fed through a
 one-slot queue, and with two sender threads (two requests in flight). Run
-``python benchmarks/overlap_probe.py``; issue 5 asked for this measurement.
+``python benchmarks/overlap_probe.py``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 Needs the ``bench`` extra: ``pip install -e '.[bench]'``. Every section runs
 against a local receiver (``benchmarks/receiver.py``) in a separate process,
 and alternates the contenders in rounds so that machine drift hits all alike.
-Prints Markdown tables of medians and ratios, with the goals of issue 5.
+Prints Markdown tables of medians and ratios, with the performance goals beside them.
 
 - hot path: one ``logger.info("Played a Song", extra={...})`` per call, timed in
   bursts; the wall time of the burst, the CPU time of the calling thread alone,
@@ -706,7 +706,7 @@ def latency(receiver: Receiver, samples: int) -> Tuple[str, Dict[str, Any]]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="segmentio-logging benchmarks (issue 5).")
+    parser = argparse.ArgumentParser(description="segmentio-logging benchmarks.")
     parser.add_argument("--quick", action="store_true", help="a short run (about 30 s)")
     parser.add_argument(
         "--sections",
