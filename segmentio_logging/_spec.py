@@ -103,8 +103,13 @@ def is_iso8601(value: Any) -> bool:
     return second <= 60
 
 
+# The compact encoding whose size Segment limits. One encoder for every message: json.dumps
+# with these options would build a new one per call, a tenth of the time of a check.
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _encoded_size(value: Any) -> int:
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    return len(_COMPACT_JSON.encode(value).encode("utf-8"))
 
 
 def _is_id(value: Any) -> bool:
