@@ -58,6 +58,56 @@ class TestCheckMessage:
         """Each rule broken gives a reason naming the field."""
         assert any(reason in error for error in check_message(message)), check_message(message)
 
+    def test_reasons_come_in_the_order_of_the_rules(self) -> None:
+        """Every broken rule is reported, in a fixed order: the type and ids first, size last."""
+        message = valid(
+            userId="",
+            anonymousId=[],
+            groupId=False,
+            event="",
+            name=5,
+            category=[],
+            properties=[1],
+            traits="t",
+            context=1,
+            integrations=[],
+            timestamp="yesterday",
+            sentAt=1,
+            messageId="",
+            blob="x" * 33_000,
+        )
+        assert check_message(message, "identify") == [
+            "type 'track' sent to /v1/identify",
+            "userId must be a non-empty string, got str",
+            "anonymousId must be a non-empty string, got list",
+            "groupId must be a non-empty string, got bool",
+            "event must be a non-empty string, got str",
+            "name must be a string, got int",
+            "category must be a string, got list",
+            "properties must be an object, got list",
+            "traits must be an object, got str",
+            "context must be an object, got int",
+            "integrations must be an object, got list",
+            "timestamp 'yesterday' is not ISO-8601 (like 2026-01-02T03:04:05.678Z)",
+            "sentAt 1 is not ISO-8601 (like 2026-01-02T03:04:05.678Z)",
+            "messageId must be a non-empty string, got str",
+            "message is 33,215 bytes, over the 32 KB limit (32,768)",
+        ]
+        group = {"type": "group", "previousId": "", "name": 1}
+        assert check_message(group) == [
+            "previousId must be a non-empty string, got str",
+            "group needs userId or anonymousId",
+            "group needs groupId",
+            "name must be a string, got int",
+        ]
+
+    def test_size_is_that_of_the_compact_utf8_encoding(self) -> None:
+        """The 32 KB limit counts UTF-8 bytes without spaces or escapes: 32,768 pass, 32,769 not."""
+        at_limit = valid(properties={"t": "é" * 16_343})  # 2 bytes each in UTF-8
+        assert check_message(at_limit) == []
+        over = valid(properties={"t": "é" * 16_343 + "a"})
+        assert check_message(over) == ["message is 32,769 bytes, over the 32 KB limit (32,768)"]
+
     def test_message_id_is_optional(self) -> None:
         """Segment fills in a missing messageId: its absence is not an error."""
         assert check_message(valid(messageId=None)) == []
@@ -121,6 +171,40 @@ class TestCheckRequest:
         self, path: str, headers: Dict[str, str], body: bytes, status: int, reason: str
     ) -> None:
         """Malformed requests get 400 (401 without a key, 404 off the API) and a reason."""
+        verdict = check_request(path, headers, body)
+        assert verdict.status == status
+        assert reason in (verdict.error or "")
+
+    @pytest.mark.parametrize(
+        ("path", "headers", "body", "status", "reason"),
+        [
+            ("/v2/track", {**AUTH, "content-encoding": "br"}, b"{", 404, "unknown path"),
+            ("/v1/batch", {"content-encoding": "br"}, b"{", 400, "unsupported Content-Encoding"),
+            (
+                "/v1/batch",
+                {"content-encoding": "gzip"},
+                gzip.compress(b" " * 500_001),
+                400,
+                "over the 500 KB limit",
+            ),
+            ("/v1/batch", {}, b"[]", 400, "must be a JSON object"),
+            ("/v1/batch", {}, b'{"batch": {}}', 401, "no write key"),
+            ("/v1/batch", AUTH, b'{"sentAt": "now"}', 400, '"batch" array'),
+            (
+                "/v1/batch",
+                AUTH,
+                json.dumps({"batch": [{}] * 2501, "sentAt": "now"}).encode(),
+                400,
+                "over 2,500",
+            ),
+        ],
+        ids=["path", "encoding", "size", "object", "auth", "batch", "count"],
+    )
+    def test_the_first_problem_decides_the_answer(
+        self, path: str, headers: Dict[str, str], body: bytes, status: int, reason: str
+    ) -> None:
+        """A request with several problems is answered for the first: path, encoding, size,
+        JSON, write key, then the batch."""
         verdict = check_request(path, headers, body)
         assert verdict.status == status
         assert reason in (verdict.error or "")

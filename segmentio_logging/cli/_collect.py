@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from typing import IO, Any, Callable, Dict, List, Optional
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
 from .. import _report
 from .._spec import Verdict, check_request
@@ -239,47 +239,50 @@ def _stop_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, stop)
 
 
-def collect(args: argparse.Namespace) -> int:
-    """Receive messages like Segment's Tracking API, check each one, and show it."""
+def _check_when_to_stop(args: argparse.Namespace) -> None:
+    """--count and --duration, when given, are above 0."""
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
     if args.duration is not None and not args.duration > 0:
         raise UsageError("--duration must be a number of seconds above 0")
-    output: IO[str] = sys.stdout
-    opened: Optional[IO[str]] = None
-    if args.jsonl and args.jsonl != "-":
-        try:
-            opened = output = open(args.jsonl, "w", encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot write {args.jsonl}: {exc}") from None
-    printer = _Printer(output, jsonl=bool(args.jsonl))
-    check = SpecCheck(write_key=args.writeKey, strict=args.strict, on_verdict=printer, keep=False)
+
+
+def _open_output(jsonl: Optional[str]) -> Optional[IO[str]]:
+    """The file --jsonl names, opened; None when the output is stdout."""
+    if not jsonl or jsonl == "-":
+        return None
     try:
-        receiver = LocalCollector(args.host, args.port, check=check)
+        return open(jsonl, "w", encoding="utf-8")
     except OSError as exc:
-        if opened is not None:
-            opened.close()
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
-    goal = args.count if args.count is not None else sys.maxsize
+        raise UsageError(f"cannot write {jsonl}: {exc}") from None
+
+
+def _receive(
+    receiver: LocalCollector, check: SpecCheck, count: Optional[int], duration: Optional[float]
+) -> Tuple[Dict[str, int], bool]:
+    """Receive until ``count`` messages arrived, ``duration`` passed or Ctrl-C.
+
+    The counts of what arrived, and whether the run was interrupted.
+    """
+    goal = count if count is not None else sys.maxsize
     interrupted = False
-    previous = _stop_on_sigterm()
-    try:
-        with receiver:
-            say(
-                f"listening on {receiver.url}: POST /v1/batch, /v1/track, /v1/identify, /v1/group, "
-                "/v1/alias, /v1/page, /v1/screen; Ctrl-C to stop"
-            )
-            try:
-                check.wait_for_received(goal, args.duration)
-            except KeyboardInterrupt:
-                interrupted = True
-            check.wait_answered()  # the last sender gets its answer before the port closes
-            counts = check.counts()
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if opened is not None:
-            opened.close()
+    with receiver:
+        say(
+            f"listening on {receiver.url}: POST /v1/batch, /v1/track, /v1/identify, /v1/group, "
+            "/v1/alias, /v1/page, /v1/screen; Ctrl-C to stop"
+        )
+        try:
+            check.wait_for_received(goal, duration)
+        except KeyboardInterrupt:
+            interrupted = True
+        check.wait_answered()  # the last sender gets its answer before the port closes
+        counts = check.counts()
+    return counts, interrupted
+
+
+def _outcome(counts: Dict[str, int], interrupted: bool, count: Optional[int]) -> int:
+    """Say what arrived; the exit status, failed for anything invalid or rejected, or for
+    fewer than ``count`` messages when the run was not interrupted."""
     received = counts["messages"] + counts["unreadable"]
     say(
         f"{'stopped' if interrupted else 'done'}: {counts['requests']:,} request(s), "
@@ -288,7 +291,30 @@ def collect(args: argparse.Namespace) -> int:
     )
     if counts["invalid"] or counts["rejected"]:
         return EXIT_FAILED
-    if args.count is not None and received < args.count and not interrupted:
-        say(f"only {received:,} of the {args.count:,} messages expected arrived")
+    if count is not None and received < count and not interrupted:
+        say(f"only {received:,} of the {count:,} messages expected arrived")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def collect(args: argparse.Namespace) -> int:
+    """Receive messages like Segment's Tracking API, check each one, and show it."""
+    _check_when_to_stop(args)
+    opened = _open_output(args.jsonl)
+    printer = _Printer(sys.stdout if opened is None else opened, jsonl=bool(args.jsonl))
+    check = SpecCheck(write_key=args.writeKey, strict=args.strict, on_verdict=printer, keep=False)
+    try:
+        receiver = LocalCollector(args.host, args.port, check=check)
+    except OSError as exc:
+        if opened is not None:
+            opened.close()
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+    previous = _stop_on_sigterm()
+    try:
+        counts, interrupted = _receive(receiver, check, args.count, args.duration)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if opened is not None:
+            opened.close()
+    return _outcome(counts, interrupted, args.count)

@@ -209,19 +209,8 @@ class _Import:
         self.started = time.monotonic()
 
     def run(self) -> int:
-        args = self.args
-        stopped = False
         try:
-            for record in self._records():
-                self.counts["records"] += 1
-                if not self._take(record):
-                    break
-                self.progress.update(self.lines.count, self.counts["sent"])
-                if args.limit and self.counts["records"] >= args.limit:
-                    stopped = True
-                    break
-            if self.failure is None:
-                self._flush()
+            stopped = self._send_records()
         except StateMismatch as exc:
             self.progress.clear()
             raise UsageError(
@@ -239,13 +228,33 @@ class _Import:
         self.progress.update(self.lines.count, self.counts["sent"], force=True)
         self.progress.close()
         self._summary()
+        return self._outcome(stopped)
+
+    def _send_records(self) -> bool:
+        """Batch and send every record, then the last batch; True when --limit stopped it."""
+        limit = self.args.limit
+        stopped = False
+        for record in self._records():
+            self.counts["records"] += 1
+            if not self._take(record):
+                break
+            self.progress.update(self.lines.count, self.counts["sent"])
+            if limit and self.counts["records"] >= limit:
+                stopped = True
+                break
+        if self.failure is None:
+            self._flush()
+        return stopped
+
+    def _outcome(self, stopped: bool) -> int:
+        """Say how the run ended, after its summary; the exit status."""
         if self.failure is not None:
             failed = self.counts["failed"]
             say(f"error: {failed} message{'s' if failed != 1 else ''} not accepted: {self.failure}")
             say(f"stopped; run the same command again to resume after line {self._last():,}")
             return EXIT_FAILED
         if stopped:
-            say(f"stopped after --limit {args.limit}; run again to continue", sys.stdout)
+            say(f"stopped after --limit {self.args.limit}; run again to continue", sys.stdout)
         elif self.after and not self.counts["records"]:
             say(
                 f"nothing new to import: every line of {self.path} was imported before "

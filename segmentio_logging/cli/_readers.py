@@ -163,7 +163,7 @@ def _cell_object(column: str, text: str) -> Dict[str, Any]:
     return value
 
 
-def _skip_to(lines: Lines, after: int, digest: Optional[str]) -> None:
+def _check_sent(lines: Lines, after: int, digest: Optional[str]) -> None:
     """Check, once ``after`` lines were read, that they are the ones a state file describes."""
     if lines.count != after or (digest is not None and lines.digest() != digest):
         raise StateMismatch(
@@ -171,42 +171,108 @@ def _skip_to(lines: Lines, after: int, digest: Optional[str]) -> None:
         )
 
 
-def jsonl_records(lines: Lines, after: int, digest: Optional[str]) -> Iterator[Record]:
-    """The records of a JSON Lines file, after its first ``after`` lines (checked by ``digest``)."""
-    if after:
-        for _ in lines:
+def _skip_sent(lines: Lines, reads: Iterator[object], after: int, digest: Optional[str]) -> None:
+    """Read on to line ``after``, where an earlier run stopped, and check those lines are the ones
+    it sent. ``reads`` is what the reading goes through: the lines, or the rows of a CSV file."""
+    if not after:
+        return
+    if lines.count < after:  # a CSV header may already reach it
+        for _ in reads:
             if lines.count >= after:
                 break
-        _skip_to(lines, after, digest)
+    _check_sent(lines, after, digest)
+
+
+def _jsonl_record(line: int, text: str, undecodable: bool) -> Record:
+    """The record of one JSON line, not blank: a message's fields, or why it is not one."""
+    if undecodable:
+        return Record(line, None, "not valid UTF-8")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return Record(line, None, f"invalid JSON: {exc}")
+    if not isinstance(value, dict):
+        kind = "null" if value is None else type(value).__name__
+        return Record(line, None, f"a line must be a JSON object, got {kind}")
+    unknown = sorted(set(value) - set(FIELD_KEYWORDS) - SERVER_FIELDS)
+    if unknown:
+        return Record(
+            line,
+            None,
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            "(Segment's fields are camelCase: userId, anonymousId, event, properties...)",
+        )
+    if value.get("timestamp") is None and value.get("originalTimestamp") is not None:
+        value["timestamp"] = value["originalTimestamp"]
+    return Record(line, value, None, text)
+
+
+def jsonl_records(lines: Lines, after: int, digest: Optional[str]) -> Iterator[Record]:
+    """The records of a JSON Lines file, after its first ``after`` lines (checked by ``digest``)."""
+    _skip_sent(lines, lines, after, digest)
     for text in lines:
-        line = lines.count
         stripped = text.strip()
-        if not stripped:
-            continue
-        if line in lines.undecodable:
-            yield Record(line, None, "not valid UTF-8")
-            continue
+        if stripped:
+            yield _jsonl_record(lines.count, stripped, lines.count in lines.undecodable)
+
+
+@dataclass
+class _Row:
+    """One CSV row as read: its cells, or why it could not be read, and the lines it spans."""
+
+    first: int  # the line it starts on
+    line: int  # the line it ends on, which names it in reports
+    cells: List[str]
+    error: Optional[str] = None
+
+
+def _csv_rows(rows: Iterator[List[str]], lines: Lines) -> Iterator[_Row]:
+    """The rows after the header; a row the csv module cannot read comes as an error."""
+    while True:
+        first = lines.count + 1
         try:
-            value = json.loads(stripped)
-        except ValueError as exc:
-            yield Record(line, None, f"invalid JSON: {exc}")
-            continue
-        if not isinstance(value, dict):
-            kind = "null" if value is None else type(value).__name__
-            yield Record(line, None, f"a line must be a JSON object, got {kind}")
-            continue
-        unknown = sorted(set(value) - set(FIELD_KEYWORDS) - SERVER_FIELDS)
-        if unknown:
-            yield Record(
-                line,
-                None,
-                f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-                "(Segment's fields are camelCase: userId, anonymousId, event, properties...)",
-            )
-            continue
-        if value.get("timestamp") is None and value.get("originalTimestamp") is not None:
-            value["timestamp"] = value["originalTimestamp"]
-        yield Record(line, value, None, stripped)
+            cells = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield _Row(first, lines.count, [], f"invalid CSV: {exc}")
+        else:
+            yield _Row(first, lines.count, cells)
+
+
+def _csv_header(
+    rows: Iterator[List[str]], lines: Lines, after: int, digest: Optional[str]
+) -> Optional[List[str]]:
+    """The header row; None for an empty file, which is checked as a resumed one."""
+    try:
+        return next(rows)
+    except StopIteration:
+        if after:
+            _check_sent(lines, after, digest)
+        return None
+    except csv.Error as exc:
+        raise UsageError(f"cannot read the CSV header: {exc}") from None
+
+
+def _csv_record(
+    plan: _CsvPlan, row: _Row, undecodable: Set[int], default_type: str
+) -> Optional[Record]:
+    """The record of one row: its fields, or why it cannot be used; None for a blank row."""
+    if row.error is not None:
+        return Record(row.line, None, row.error)
+    if not any(cell.strip() for cell in row.cells):
+        return None
+    if any(n in undecodable for n in range(row.first, row.line + 1)):
+        return Record(row.line, None, "not valid UTF-8")
+    if len(row.cells) != len(plan.header):
+        return Record(
+            row.line, None, f"{len(row.cells)} columns where the header has {len(plan.header)}"
+        )
+    try:
+        fields = plan.fields_of(row.cells, default_type)
+    except InvalidMessage as exc:
+        return Record(row.line, None, exc.reason)
+    return Record(row.line, fields, None, "\x1f".join(row.cells))
 
 
 def csv_records(
@@ -222,49 +288,13 @@ def csv_records(
     ``digest``, and skipped. ``default_type`` is the type of rows without one.
     """
     rows = csv.reader(lines)
-    try:
-        header = next(rows)
-    except StopIteration:
-        if after:
-            _skip_to(lines, after, digest)
+    header = _csv_header(rows, lines, after, digest)
+    if header is None:
         return
-    except csv.Error as exc:
-        raise UsageError(f"cannot read the CSV header: {exc}") from None
     plan = _CsvPlan(header, mapping)
-    checked = lines.count >= after
-    if after and checked:
-        _skip_to(lines, after, digest)
-    while True:
-        start = lines.count
-        error: Optional[str] = None
-        try:
-            row = next(rows)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            row, error = [], f"invalid CSV: {exc}"
-        line = lines.count
-        if not checked:  # rows sent by an earlier run
-            if line >= after:
-                _skip_to(lines, after, digest)
-                checked = True
-            continue
-        if error is not None:
-            yield Record(line, None, error)
-            continue
-        if not any(cell.strip() for cell in row):
-            continue
-        if any(n in lines.undecodable for n in range(start + 1, line + 1)):
-            yield Record(line, None, "not valid UTF-8")
-            continue
-        if len(row) != len(plan.header):
-            yield Record(line, None, f"{len(row)} columns where the header has {len(plan.header)}")
-            continue
-        try:
-            fields = plan.fields_of(row, default_type)
-        except InvalidMessage as exc:
-            yield Record(line, None, exc.reason)
-            continue
-        yield Record(line, fields, None, "\x1f".join(row))
-    if not checked:
-        _skip_to(lines, after, digest)
+    read = _csv_rows(rows, lines)
+    _skip_sent(lines, read, after, digest)
+    for row in read:
+        record = _csv_record(plan, row, lines.undecodable, default_type)
+        if record is not None:
+            yield record

@@ -135,3 +135,39 @@ class TestCsv:
         assert main(import_args(path, collector, "--limit=2")) == 0
         assert main(import_args(path, collector)) == 0
         assert [m["userId"] for m in collector.messages] == [f"u{i}" for i in range(5)]
+
+    def test_csv_resume_after_a_row_spanning_lines(
+        self, tmp_path: Path, collector: LocalCollector
+    ) -> None:
+        """A row whose quoted cell holds a newline is resumed after its last line, sent once."""
+        path = tmp_path / "notes.csv"
+        path.write_text('userId,event,note\nu1,E,"two\nlines"\nu2,E,x\nu3,E,y\n', "utf-8")
+        assert main(import_args(path, collector, "--limit=1")) == 0
+        assert state_of(path)["line"] == 3
+        assert main(import_args(path, collector)) == 0
+        assert [m["userId"] for m in collector.messages] == ["u1", "u2", "u3"]
+        assert collector.messages[0]["properties"] == {"note": "two\nlines"}
+
+    def test_changed_csv_is_not_resumed(
+        self, tmp_path: Path, collector: LocalCollector, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """When the CSV rows already sent changed, resuming would skip the wrong rows: exit 2."""
+        path = tmp_path / "f.csv"
+        path.write_text("userId,event\n" + "".join(f"u{i},E\n" for i in range(4)), "utf-8")
+        assert main(import_args(path, collector, "--limit=2")) == 0
+        path.write_text("userId,event\n" + "".join(f"v{i},E\n" for i in range(4)), "utf-8")
+        assert main(import_args(path, collector)) == 2
+        assert "--restart" in capsys.readouterr().err
+        assert len(collector.messages) == 2
+
+    def test_unreadable_csv_row_is_skipped_by_line(
+        self, tmp_path: Path, collector: LocalCollector, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A row the csv module cannot read (a cell over its size limit) is reported by line."""
+        path = tmp_path / "big.csv"
+        path.write_text(f"userId,event\nu1,E\nu2,{'x' * 200_000}\nu3,E\n", "utf-8")
+        status = main(import_args(path, collector))
+        err = capsys.readouterr().err
+        assert status == 1
+        assert f"{path}:3: skipped: invalid CSV: field larger than field limit" in err
+        assert [m["userId"] for m in collector.messages] == ["u1", "u3"]
