@@ -127,7 +127,9 @@ class TestImport:
 
     def test_interrupted_import_resumes(self, tmp_path: Path, collector: LocalCollector) -> None:
         """Ctrl-C stops the program with 130 and a resumable state; the rerun completes."""
-        path = write_lines(tmp_path / "events.jsonl", jsonl_events(60))
+        # 300 lines at 40 a second: 7.5 s for the Ctrl-C to land before the end, on a
+        # busy machine too.
+        path = write_lines(tmp_path / "events.jsonl", jsonl_events(300))
         args = [*import_args(path, collector)[:-1], "--rate=40", "--batch-size=1"]
         child = subprocess.Popen(
             [sys.executable, "-m", "segmentio_logging", *args],
@@ -146,8 +148,8 @@ class TestImport:
         assert child.returncode == 130, err
         assert "interrupted" in err
         confirmed = state_of(path)["line"]
-        assert 2 <= confirmed < 60  # the third was in flight, or confirmed
+        assert 2 <= confirmed < 300  # the third was in flight, or confirmed
         assert main(import_args(path, collector)) == 0
         ids = {m["messageId"] for m in collector.messages}
-        assert len(ids) == 60  # a line sent twice carries the same messageId
-        assert {m["userId"] for m in collector.messages} == {f"u{i}" for i in range(1, 61)}
+        assert len(ids) == 300  # a line sent twice carries the same messageId
+        assert {m["userId"] for m in collector.messages} == {f"u{i}" for i in range(1, 301)}
