@@ -190,15 +190,7 @@ class _Printer:
         out: List[str] = []
         if verdict.error:
             if self.jsonl:
-                record = {
-                    "receivedAt": received,
-                    "path": request.path,
-                    "status": verdict.status,
-                    "writeKey": verdict.write_key,
-                    "valid": False,
-                    "errors": [verdict.error],
-                    "message": None,
-                }
+                record = _jsonl_record(received, request, verdict, False, [verdict.error], None)
                 out.append(json.dumps(record, ensure_ascii=False))
             else:
                 out.append(
@@ -206,15 +198,9 @@ class _Printer:
                 )
         for checked in verdict.messages:
             if self.jsonl:
-                record = {
-                    "receivedAt": received,
-                    "path": request.path,
-                    "status": verdict.status,
-                    "writeKey": verdict.write_key,
-                    "valid": checked.valid,
-                    "errors": checked.errors,
-                    "message": checked.message,
-                }
+                record = _jsonl_record(
+                    received, request, verdict, checked.valid, checked.errors, checked.message
+                )
                 out.append(json.dumps(record, ensure_ascii=False, default=str))
             else:
                 status = "ok      " if checked.valid else "INVALID "
@@ -226,6 +212,26 @@ class _Printer:
             with self._lock:
                 self.stream.write("\n".join(out) + "\n")
                 self.stream.flush()
+
+
+def _jsonl_record(
+    received: str,
+    request: Request,
+    verdict: Verdict,
+    valid: bool,
+    errors: List[str],
+    message: Any,
+) -> Dict[str, Any]:
+    """One line of ``--jsonl``: a message (or a rejected request) with its verdict."""
+    return {
+        "receivedAt": received,
+        "path": request.path,
+        "status": verdict.status,
+        "writeKey": verdict.write_key,
+        "valid": valid,
+        "errors": errors,
+        "message": message,
+    }
 
 
 def _stop_on_sigterm() -> Any:
