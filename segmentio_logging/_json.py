@@ -15,7 +15,8 @@ import math
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Callable, Dict, List, Optional
+from operator import attrgetter, methodcaller
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 __all__ = [
     "FAST_JSON",
@@ -66,26 +67,39 @@ def _sorted_items(value: Any) -> List[Any]:
         return sorted(value, key=lambda item: (type(item).__name__, safe_str(item)))
 
 
+def _finite_float(value: Decimal) -> Optional[float]:
+    """A Decimal as a float; NaN and the infinities as None."""
+    return float(value) if value.is_finite() else None
+
+
+def _bytes_text(value: Union[bytes, bytearray, memoryview]) -> str:
+    """Bytes as text: see :func:`bytes_to_str`."""
+    return bytes_to_str(bytes(value))
+
+
+# What json cannot carry, by type, and what it becomes; the first match wins. Datetimes
+# come before these, in _default itself.
+_CONVERSIONS: Tuple[Tuple[Union[type, Tuple[type, ...]], Callable[[Any], Any]], ...] = (
+    ((dt.date, dt.time), methodcaller("isoformat")),
+    (dt.timedelta, methodcaller("total_seconds")),
+    (Decimal, _finite_float),
+    (uuid.UUID, str),
+    (enum.Enum, attrgetter("value")),
+    ((set, frozenset), _sorted_items),
+    ((bytes, bytearray, memoryview), _bytes_text),
+)
+
+
 def _default(value: Any) -> Any:
     """Convert one value that ``json`` cannot carry; the result may need converting again."""
+    # The most common first, and without a call. Before dates: a datetime is a date too.
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
             value = value.astimezone(dt.timezone.utc)
         return value.isoformat()
-    if isinstance(value, (dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, Decimal):
-        return float(value) if value.is_finite() else None
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (set, frozenset)):
-        return _sorted_items(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes_to_str(bytes(value))
+    for types, convert in _CONVERSIONS:
+        if isinstance(value, types):
+            return convert(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
@@ -157,26 +171,28 @@ def _safe(value: Any, seen: set[int], depth: int) -> Any:
     if isinstance(value, str):
         return str.__str__(value)
     if isinstance(value, (int, float)) and not isinstance(value, enum.Enum):
-        # As json writes subclasses: by the number they hold, not their own __int__/__float__.
-        if isinstance(value, int):
-            return _int(int.__int__(value))
-        number = float.__float__(value)
-        return number if math.isfinite(number) else None
+        return _number(value)
     if depth >= MAX_DEPTH:
         return "<too deep>"
-    marker = id(value)
-    if marker in seen:
+    if id(value) in seen:
         return "<cycle>"
-    is_container = isinstance(value, (Mapping, list, tuple))
-    if not is_container:
-        converted = _convert(value)
-        if isinstance(converted, (str, int, float)) or converted is None:
-            return _safe(converted, seen, depth)
-        seen.add(marker)
-        try:
-            return _safe(converted, seen, depth + 1)
-        finally:
-            seen.discard(marker)
+    if isinstance(value, (Mapping, list, tuple)):
+        return _safe_container(value, seen, depth)
+    return _safe_converted(value, seen, depth)
+
+
+def _number(value: Union[int, float]) -> Optional[Union[int, float]]:
+    """An int or float subclass as json writes it: by the number it holds, not by its own
+    ``__int__`` or ``__float__``."""
+    if isinstance(value, int):
+        return _int(int.__int__(value))
+    number = float.__float__(value)
+    return number if math.isfinite(number) else None
+
+
+def _safe_container(value: Any, seen: set[int], depth: int) -> Any:
+    """:func:`_safe` of a mapping (a dict with str keys), a list or a tuple (a list)."""
+    marker = id(value)
     seen.add(marker)
     try:
         if isinstance(value, Mapping):
@@ -189,6 +205,20 @@ def _safe(value: Any, seen: set[int], depth: int) -> Any:
                 out[_key(key)] = _safe(item, seen, depth + 1)
             return out
         return [_safe(item, seen, depth + 1) for item in value]
+    finally:
+        seen.discard(marker)
+
+
+def _safe_converted(value: Any, seen: set[int], depth: int) -> Any:
+    """:func:`_safe` of what :func:`_convert` makes of ``value``: a scalar at the same
+    depth; anything else one level down, with ``value`` marked as seen."""
+    converted = _convert(value)
+    if isinstance(converted, (str, int, float)) or converted is None:
+        return _safe(converted, seen, depth)
+    marker = id(value)
+    seen.add(marker)
+    try:
+        return _safe(converted, seen, depth + 1)
     finally:
         seen.discard(marker)
 

@@ -127,6 +127,40 @@ def build_message(
     if aid is not None:
         message["anonymousId"] = aid
 
+    _add_fields_of_kind(message, kind, event, name, category, properties, traits, group_id)
+
+    user_context = dict_field(context, "context")
+    # A fresh library dict each time: a callback that edits one message edits no other.
+    library = {"name": LIBRARY_NAME, "version": __version__}
+    message["context"] = (
+        {**user_context, "library": library} if user_context else {"library": library}
+    )
+    if integrations is not None:
+        message["integrations"] = dict_field(integrations, "integrations")
+    if timestamp is not None:
+        message["timestamp"] = normalize_timestamp(timestamp)
+    else:
+        message["timestamp"] = format_timestamp(
+            created if created is not None else dt.datetime.now(dt.timezone.utc).timestamp()
+        )
+    message["messageId"] = (
+        new_message_id() if message_id is None else _checked_message_id(message_id)
+    )
+    return message
+
+
+def _add_fields_of_kind(
+    message: Dict[str, Any],
+    kind: str,
+    event: Any,
+    name: Any,
+    category: Any,
+    properties: Any,
+    traits: Any,
+    group_id: Any,
+) -> None:
+    """The fields of a message of type ``kind`` beyond its ids (an alias has none);
+    raises :class:`InvalidMessage`."""
     if kind == "track":
         if event is None or event == "":
             raise InvalidMessage("track needs an event name")
@@ -147,30 +181,16 @@ def build_message(
             message["category"] = category if isinstance(category, str) else safe_str(category)
         message["properties"] = dict_field(properties, "properties") or {}
 
-    user_context = dict_field(context, "context")
-    # A fresh library dict each time: a callback that edits one message edits no other.
-    library = {"name": LIBRARY_NAME, "version": __version__}
-    message["context"] = (
-        {**user_context, "library": library} if user_context else {"library": library}
-    )
-    if integrations is not None:
-        message["integrations"] = dict_field(integrations, "integrations")
-    if timestamp is not None:
-        message["timestamp"] = normalize_timestamp(timestamp)
-    else:
-        message["timestamp"] = format_timestamp(
-            created if created is not None else dt.datetime.now(dt.timezone.utc).timestamp()
+
+def _checked_message_id(message_id: Any) -> str:
+    """A message id given by the caller, as text; raises :class:`InvalidMessage` when it
+    is empty or too long."""
+    mid = safe_str(message_id)
+    if not mid or len(mid) > MAX_MESSAGE_ID_LENGTH:
+        raise InvalidMessage(
+            f"message_id must be 1 to {MAX_MESSAGE_ID_LENGTH} characters, got {len(mid)}"
         )
-    if message_id is None:
-        message["messageId"] = new_message_id()
-    else:
-        mid = safe_str(message_id)
-        if not mid or len(mid) > MAX_MESSAGE_ID_LENGTH:
-            raise InvalidMessage(
-                f"message_id must be 1 to {MAX_MESSAGE_ID_LENGTH} characters, got {len(mid)}"
-            )
-        message["messageId"] = mid
-    return message
+    return mid
 
 
 def checked_size(data: bytes) -> bytes:
