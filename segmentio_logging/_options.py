@@ -214,8 +214,7 @@ _T = TypeVar("_T")
 def _option(default: _T, check: Check, *, secret: bool = False) -> _T:
     """A field of :class:`Options`: its default and the check of a given value.
 
-    It returns ``dataclasses.field(...)``; ruff's RUF009 sees only a call, hence
-    the ``noqa`` where the field's type is not one it knows to be immutable.
+    It returns ``dataclasses.field(...)`` (pyproject.toml tells ruff's RUF009 so).
     """
     return field(default=default, repr=not secret, metadata={_CHECK: check})
 
@@ -243,17 +242,17 @@ class Options:
     max_retries: int = _option(10, _number(int, 0, 100))
     retry_budget: float = _option(60.0, _number(float, 0, 86_400))
     shutdown_timeout: float = _option(5.0, _number(float, 0, 86_400))
-    on_success: Optional[SuccessCallback] = _option(None, _callback)  # noqa: RUF009 - a field()
-    on_failure: Optional[FailureCallback] = _option(None, _callback)  # noqa: RUF009 - a field()
+    on_success: Optional[SuccessCallback] = _option(None, _callback)
+    on_failure: Optional[FailureCallback] = _option(None, _callback)
     send: bool = _option(True, _bool)
     sync_mode: bool = _option(False, _bool)
     capture_extra: bool = _option(False, _bool)
-    field_names: Dict[str, str] = _option_made_by(dict, _field_names)  # noqa: RUF009 - a field()
+    field_names: Dict[str, str] = _option_made_by(dict, _field_names)
     spool_path: Optional[str] = _option(None, _optional(_spool_path))
     spool_max_bytes: int = _option(DEFAULT_SPOOL_MAX_BYTES, _number(int, MIN_SPOOL_MAX_BYTES))
     spool_max_age: Optional[float] = _option(None, _optional(_number(float, 0.001)))
-    before_send: Optional[BeforeSend] = _option(None, _callback)  # noqa: RUF009 - a field()
-    default_context: Dict[str, Any] = _option_made_by(dict, _json_object)  # noqa: RUF009 - a field()
+    before_send: Optional[BeforeSend] = _option(None, _callback)
+    default_context: Dict[str, Any] = _option_made_by(dict, _json_object)
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Options))
