@@ -8,8 +8,7 @@ delivered in batches by a background thread. The classic client calls
 
 from __future__ import annotations
 
-from ._client import (
-    Client,
+from ._classic import (
     alias,
     flush,
     group,
@@ -24,6 +23,7 @@ from ._client import (
     stats,
     track,
 )
+from ._client import Client
 from ._context import SegmentLoggerAdapter, bind, current_identity, identified, unbind
 from ._errors import (
     ClosedError,

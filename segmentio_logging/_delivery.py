@@ -9,15 +9,11 @@ pipeline offers to it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol
 
 from ._lifecycle import end_of
 from ._outcomes import Callbacks, Ledger
 from ._transport import Deadline, Outcome, Transport
-
-# An item becomes its message and the message's encoded bytes. The message may be None
-# when only the bytes were made; the callbacks then get it decoded from the bytes.
-Encoded = Tuple[Optional[Dict[str, Any]], bytes]
 
 
 class Host(Protocol):

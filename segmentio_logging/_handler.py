@@ -13,13 +13,13 @@ import threading
 import weakref
 from typing import Any, Dict, List, Optional, Union
 
+from ._assemble import make_pipeline
 from ._capture import RecordMapper
 from ._context import bound_identity
 from ._errors import InvalidMessage
 from ._json import safe_str
 from ._lifecycle import before_close_all, busy_threads, marked_busy, on_fork_in_child
 from ._options import resolve_options
-from ._pipeline import make_pipeline
 
 # Records from these loggers (and their children) are the handler's own traffic: never events.
 OWN_LOGGERS = frozenset({"urllib3", "segmentio_logging"})

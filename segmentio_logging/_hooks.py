@@ -7,15 +7,13 @@ the worker thread, never on the caller's. Without either, nothing here runs.
 from __future__ import annotations
 
 import copy
-import json
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from ._errors import InvalidMessage
+from ._json import decode_json
+from ._message import Encode, Encoded
 from ._message import encode as encode_message
-
-Encoded = Tuple[Optional[Dict[str, Any]], bytes]
-Encode = Callable[[Any], Encoded]
-BeforeSend = Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]
+from ._options import BeforeSend
 
 
 class Filtered(Exception):
@@ -42,7 +40,7 @@ def with_hooks(
     def hooked(item: Any) -> Encoded:
         message, data = encode(item)
         # A copy: the caller may still hold the message (the client returns it).
-        message = dict(json.loads(data) if message is None else message)
+        message = dict(decode_json(data) if message is None else message)
         if defaults:
             own = message.get("context")
             base = copy.deepcopy(defaults) if before_send is not None else defaults

@@ -12,6 +12,7 @@ import datetime as dt
 import enum
 import json
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal
@@ -257,10 +258,12 @@ try:  # the ``fast`` extra: about eight times faster than the standard library h
     # Subclasses of dict, list, str and int refused too: a copy reads them through their
     # own items() and __iter__, which orjson would not call.
     PLAIN_OPTIONS = _ORJSON_OPTIONS | orjson.OPT_PASSTHROUGH_SUBCLASS
+    _fast_decode: Optional[Callable[[bytes], Any]] = orjson.loads
 except ImportError:  # pragma: no cover - depends on the environment
     FAST_JSON = None
     PLAIN_JSON = None
     _ORJSON_OPTIONS = PLAIN_OPTIONS = 0
+    _fast_decode = None
 
 
 def encode_json(message: Mapping[str, Any]) -> bytes:
@@ -280,3 +283,22 @@ def encode_json(message: Mapping[str, Any]) -> bytes:
             # where backslashreplace writes exactly the JSON escape: \ud800.
             data = text.encode("utf-8", "backslashreplace")
     return data
+
+
+# Twenty digits in a row: perhaps an integer past 64 bits (19 digits always fit).
+_LONG_DIGITS = re.compile(rb"\d{20}")
+
+
+def decode_json(data: bytes) -> Any:
+    """JSON bytes back to Python values (for callbacks and hooks, on the worker).
+
+    orjson when it is installed and encoding uses it, the standard library for
+    what orjson refuses (lone surrogates) or reads otherwise (an integer past 64
+    bits, which orjson makes a float): the same values either way.
+    """
+    if FAST_JSON is not None and _fast_decode is not None and not _LONG_DIGITS.search(data):
+        try:
+            return _fast_decode(data)
+        except ValueError:
+            pass
+    return json.loads(data)

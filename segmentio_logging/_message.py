@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from itertools import count
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from ._errors import InvalidMessage, MessageTooLarge
 from ._json import bytes_to_str, encode_json, preview, safe_str
@@ -21,6 +21,8 @@ from ._version import __version__
 
 __all__ = [
     "LIBRARY_NAME",
+    "Encode",
+    "Encoded",
     "build_message",
     "checked_size",
     "dict_field",
@@ -32,6 +34,11 @@ __all__ = [
 ]
 
 LIBRARY_NAME = "segmentio-logging"
+
+# A queued item becomes its message and the message's encoded bytes. The message may be
+# None when only the bytes were made; callbacks then get it decoded from the bytes.
+Encoded = Tuple[Optional[Dict[str, Any]], bytes]
+Encode = Callable[[Any], Encoded]
 
 
 # --------------------------------------------------------------------------- ids

@@ -7,13 +7,13 @@ its condition), :class:`Callbacks` tells ``on_success`` and ``on_failure``.
 
 from __future__ import annotations
 
-import json
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from . import _report
 from ._errors import DeliveryError, QueueFull, SegmentError
+from ._json import decode_json
 from ._lifecycle import marked_busy
 from ._transport import Response
 
@@ -23,7 +23,7 @@ Callback = Callable[[Any, Any], Any]
 def messages_of(messages: List[Optional[Dict[str, Any]]], parts: List[bytes]) -> List[Any]:
     """The messages for a callback: those only encoded are decoded from their bytes."""
     return [
-        message if message is not None else json.loads(data)
+        message if message is not None else decode_json(data)
         for message, data in zip(messages, parts)
     ]
 

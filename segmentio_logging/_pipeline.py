@@ -7,9 +7,9 @@ lock: a ``deque`` append and a length check.
 
 Where batches go is a strategy the pipeline holds, a :class:`Delivery`: in
 memory (:class:`MemoryDelivery`, the default), or through a disk spool
-(``segmentio_logging._spool.SpoolDelivery``, built by :func:`make_pipeline`
-when ``spool_path`` is set). A delivery drives the pipeline only through the
-public methods below the "for the delivery" line.
+(``segmentio_logging._spool.SpoolDelivery``; ``_assemble.make_pipeline``
+chooses it when ``spool_path`` is set). A delivery drives the pipeline only
+through the public methods below the "for the delivery" line.
 """
 
 from __future__ import annotations
@@ -23,22 +23,20 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from . import _lifecycle, _report
-from ._delivery import Batch, Delivery, Encoded, MemoryDelivery
+from ._delivery import Batch, Delivery, MemoryDelivery
 from ._errors import ClosedError, DeliveryError, InvalidMessage, SegmentError
-from ._hooks import Filtered, with_hooks
+from ._hooks import Filtered
 from ._lifecycle import CLOSE_GRACE, marked_busy, may_wait
-from ._message import reset_message_ids
-from ._options import Options
+from ._message import Encode, Encoded, reset_message_ids
 from ._outcomes import Callback, Callbacks, Ledger, messages_of, transport_failure
-from ._transport import Deadline, Outcome, Transport, cut_by_bytes, transport_for
-
-Encode = Callable[[Any], Encoded]
+from ._transport import Deadline, Outcome, Transport, cut_by_bytes
 
 _getpid = os.getpid
 _serials = itertools.count(1)
 
 
-def _already_encoded(item: Any) -> Encoded:
+def already_encoded(item: Any) -> Encoded:
+    """The encode step of items queued as (message, bytes) already."""
     return item  # type: ignore[no-any-return]
 
 
@@ -54,7 +52,7 @@ class Pipeline:
         transport: Transport,
         *,
         delivery: Optional[Delivery] = None,
-        encode: Encode = _already_encoded,
+        encode: Encode = already_encoded,
         describe: Callable[[Any], Any] = _as_is,
         batch_size: int = 100,
         flush_interval: float = 0.5,
@@ -482,41 +480,6 @@ class Pipeline:
             counts = self.ledger.counts(len(self._queue))
         counts.update(extra)
         return counts
-
-
-def make_pipeline(
-    options: Options,
-    encode: Optional[Encode] = None,
-    describe: Optional[Callable[[Any], Any]] = None,
-) -> Pipeline:
-    """The queue, worker, transport and (with ``spool_path``) disk spool of ``options``.
-
-    ``encode`` turns a queued item into its message and bytes, on the worker;
-    ``describe``, an item into what ``on_failure`` receives when it cannot be sent.
-    """
-    settings: Dict[str, Any] = {
-        "batch_size": options.batch_size,
-        "flush_interval": options.flush_interval,
-        "max_queue_size": options.max_queue_size,
-        "shutdown_timeout": options.shutdown_timeout,
-        "on_success": options.on_success,
-        "on_failure": options.on_failure,
-        "sync_mode": options.sync_mode,
-    }
-    if encode is not None or options.before_send is not None or options.default_context:
-        base: Encode = _already_encoded if encode is None else encode
-        settings["encode"] = with_hooks(base, options.before_send, options.default_context)
-    if describe is not None:
-        settings["describe"] = describe
-    if options.spool_path is not None:
-        # sqlite3 is only imported when a spool is used.
-        from ._spool import Spool, SpoolDelivery
-
-        spool = Spool(
-            options.spool_path, max_bytes=options.spool_max_bytes, max_age=options.spool_max_age
-        )
-        settings["delivery"] = SpoolDelivery(spool)
-    return Pipeline(transport_for(options), **settings)
 
 
 _lifecycle.on_fork_in_child(reset_message_ids)  # or parent and child send the same messageIds

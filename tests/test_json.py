@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from segmentio_logging import _json
 from segmentio_logging._json import FAST_JSON, dumps, to_json_safe
 from segmentio_logging._message import build_message, encode
 
@@ -348,3 +349,31 @@ class TestProperties:
         assert json.loads(text) == converted
         assert json.loads(dumps(value)) == converted
         assert to_json_safe(converted) == converted  # already safe: unchanged
+
+
+class TestDecodeJson:
+    @pytest.mark.parametrize(
+        "text",
+        [
+            b'{"type":"track","properties":{"n":1,"f":1.5,"ok":true,"none":null}}',
+            b'{"text":"\\u00e9\\u2028"}',
+            b'{"lone":"\\ud800"}',  # a lone surrogate, as the encoder escapes one
+            b'{"big":123456789012345678901234567890}',  # past 64 bits
+            b'{"small":-123456789012345678901234567890,"max":18446744073709551615}',
+            b"[]",
+        ],
+    )
+    def test_the_same_values_as_the_standard_library(self, text: bytes) -> None:
+        """decode_json gives what json.loads gives, with either encoder and for what
+        orjson refuses (lone surrogates, integers past 64 bits)."""
+        assert _json.decode_json(text) == json.loads(text)
+
+    def test_it_reads_back_what_encode_json_wrote(self) -> None:
+        """Encoding then decoding gives the message back."""
+        message = {"type": "track", "event": "É", "properties": {"n": [1, 2.5, None]}}
+        assert _json.decode_json(_json.encode_json(message)) == message
+
+    def test_malformed_json_raises_value_error(self) -> None:
+        """Bytes that are not JSON raise ValueError, as json.loads does."""
+        with pytest.raises(ValueError):
+            _json.decode_json(b'{"unterminated": ')
