@@ -28,7 +28,8 @@ def with_hooks(
     """``encode`` followed by the hooks, or ``encode`` itself when there are none.
 
     The message is decoded when only its bytes were made, ``default_context`` is
-    merged under its own ``context`` (the message's keys win), ``before_send``
+    merged under its own ``context`` (nested dicts merged, the message's values
+    winning), ``before_send``
     gets it and returns what to send, and the result is encoded again, its size
     checked. Raises :class:`Filtered` when ``before_send`` returns None, and
     :class:`InvalidMessage` when it raises or returns something else than a dict.
@@ -43,13 +44,27 @@ def with_hooks(
         message = dict(decode_json(data) if message is None else message)
         if defaults:
             own = message.get("context")
-            base = copy.deepcopy(defaults) if before_send is not None else defaults
-            message["context"] = {**base, **own} if isinstance(own, dict) else base
+            message["context"] = merged(defaults, own) if isinstance(own, dict) else dict(defaults)
+            if before_send is not None:  # it may change the context: not the defaults' dicts
+                message["context"] = copy.deepcopy(message["context"])
         if before_send is not None:
             message = _call_before_send(before_send, message)
         return message, encode_message(message)
 
     return hooked
+
+
+def merged(defaults: Dict[str, Any], own: Dict[str, Any]) -> Dict[str, Any]:
+    """``own`` over ``defaults``, dict by dict: a nested dict in both is merged the same way,
+    any other value in ``own`` wins."""
+    result = dict(defaults)
+    for key, value in own.items():
+        base = result.get(key)
+        if isinstance(value, dict) and isinstance(base, dict):
+            result[key] = merged(base, value)
+        else:
+            result[key] = value
+    return result
 
 
 def _call_before_send(before_send: BeforeSend, message: Dict[str, Any]) -> Dict[str, Any]:

@@ -148,6 +148,11 @@ class Pipeline:
         """Count and report an item refused before it was queued (too large, invalid)."""
         with self.ledger.lock:
             self.ledger.dropped_caller += 1
+        self._refuse(item, error)
+
+    def _refuse(self, item: Any, error: SegmentError) -> None:
+        """Report an item that will not be sent: on stderr (rate-limited) and to on_failure."""
+        _report.warn(f"refused-{self.serial}", f"message not sent: {error.reason}")
         self.callbacks.refused([item], error)
 
     # ------------------------------------------------------------------ worker side
@@ -245,7 +250,7 @@ class Pipeline:
                 if not isinstance(exc, SegmentError):  # a bug or a hostile object: report
                     reason = f"could not build the message: {type(exc).__name__}: {exc}"
                     exc = InvalidMessage(reason)
-                self.callbacks.refused([item], exc)
+                self._refuse(item, exc)
                 dropped += 1
                 continue
             messages.append(message)

@@ -48,6 +48,17 @@ class TestWithHooks:
         assert context["library"]["name"] == "segmentio-logging"
         assert json.loads(data) == message
 
+    def test_nested_dicts_are_merged_and_the_message_values_win(self) -> None:
+        """A dict in both the defaults and the message is merged key by key, at every level."""
+        defaults = {"app": {"name": "shop", "version": "1.4.2", "build": {"ci": "x"}}, "os": "l"}
+        hooked = with_hooks(lambda item: item, None, defaults)
+        own = {"app": {"version": "2.0", "build": {"id": 7}}, "os": {"name": "mac"}}
+        _, data = hooked(built(context=own))
+        context = json.loads(data)["context"]
+        assert context["app"] == {"name": "shop", "version": "2.0", "build": {"ci": "x", "id": 7}}
+        assert context["os"] == {"name": "mac"}  # not both dicts: the message's value wins
+        assert defaults["app"] == {"name": "shop", "version": "1.4.2", "build": {"ci": "x"}}
+
     def test_a_message_only_encoded_is_decoded_for_the_hooks(self) -> None:
         """An item whose message was not kept (the plain track path) is decoded first."""
         original, data = built()
@@ -187,6 +198,26 @@ class TestThroughTheHandler:
         assert "before_send raised KeyError" in error.reason
         assert handler.stats()["dropped"] == 1
         assert identity_holds(handler.stats())
+
+    def test_a_raising_before_send_is_heard_without_on_failure(
+        self,
+        make_handler: MakeHandler,
+        logger: logging.Logger,
+        collector: LocalCollector,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """With no on_failure set, the dropped message is still said on stderr (rate-limited)."""
+
+        def broken(message: Dict[str, Any]) -> Dict[str, Any]:
+            raise RuntimeError("bug in the hook")
+
+        handler = make_handler(before_send=broken)
+        logger.addHandler(handler)
+        logger.info("Played", extra={"user_id": "u1"})
+        assert handler.flush(10)
+        assert handler.stats()["dropped"] == 1
+        err = capsys.readouterr().err
+        assert "message not sent: before_send raised RuntimeError: bug in the hook" in err
 
     def test_default_context_on_every_record_under_explicit_context(
         self, make_handler: MakeHandler, logger: logging.Logger, collector: LocalCollector
