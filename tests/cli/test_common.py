@@ -278,6 +278,7 @@ class TestWriteKeyFromAFile:
         done = run_cli(command, "--help")
         assert done.returncode == 0, done.stderr
         text = " ".join(done.stdout.split())
-        assert "--writeKey-file PATH, --write-key-file PATH" in text
+        # 3.13 names the metavar once: "--writeKey-file, --write-key-file PATH"
+        assert "--writeKey-file" in text and "--write-key-file PATH" in text
         assert "other users can see it in ps: prefer --writeKey-file" in text
         assert "'-': standard input" in text
