@@ -26,7 +26,10 @@ from ._file import (
     UnknownFormat,
     close_quietly,
     create_database,
+    create_private,
     is_corrupt,
+    make_files_private,
+    make_private,
     open_existing,
 )
 
@@ -91,9 +94,8 @@ class HeldFiles:
         directory = self._settings.directory
         for _attempt in range(8):
             base = os.path.join(directory, f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
-            lock_path = base + LOCK
             try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                os.close(create_private(base + LOCK))
             except FileExistsError:
                 continue
             except OSError as exc:
@@ -101,29 +103,37 @@ class HeldFiles:
                     f"spool_path {directory!r} is not writable: {exc.strerror or exc}",
                     path=directory,
                 ) from exc
-            os.close(fd)
-            locked = lock(lock_path, create=False)
-            if locked is None:  # a cleaner took it for a stale lock in between: new name
-                continue
-            path = base + DB
-            try:
-                conn = create_database(
-                    path, fsync=self._settings.fsync, max_bytes=self._settings.max_bytes
-                )
-            except sqlite3.Error as exc:
-                for leftover in (path, path + "-wal", path + "-shm", lock_path):
-                    _unlink(leftover)
-                os.close(locked)
-                raise SpoolError(
-                    f"cannot create a spool file in {directory!r}: {exc}", path=path
-                ) from exc
-            own = SpoolFile(next(self._idents), path, lock_path, locked, conn, own=True)
-            self._by_ident[own.ident] = own
-            return own
+            own = self._hold_new(base)
+            if own is not None:
+                self._by_ident[own.ident] = own
+                return own
         raise SpoolError(
             f"cannot create a spool file in {directory!r}: names kept colliding",
             path=directory,
         )
+
+    def _hold_new(self, base: str) -> Optional[SpoolFile]:
+        """Lock ``base``'s new lock file and create its database; None to try another name."""
+        lock_path, path = base + LOCK, base + DB
+        locked = lock(lock_path, create=False)
+        if locked is None:  # a cleaner took it for a stale lock in between: new name
+            return None
+        try:
+            conn = create_database(
+                path, fsync=self._settings.fsync, max_bytes=self._settings.max_bytes
+            )
+        except FileExistsError:  # a database without its lock: not ours to delete
+            _unlink(lock_path)
+            os.close(locked)
+            return None
+        except (OSError, sqlite3.Error) as exc:
+            for leftover in (path, path + "-wal", path + "-shm", lock_path):
+                _unlink(leftover)
+            os.close(locked)
+            raise SpoolError(
+                f"cannot create a spool file in {self._settings.directory!r}: {exc}", path=path
+            ) from exc
+        return SpoolFile(next(self._idents), path, lock_path, locked, conn, own=True)
 
     def replace_own(self, exc: sqlite3.Error) -> SpoolFile:
         """Own file found corrupt: move it aside, report, and carry on with a new one."""
@@ -229,6 +239,7 @@ class HeldFiles:
             return None  # its process is alive, or another one claimed it
         if not self._has_sqlite_header(path, lock_path, fd):
             return None
+        make_files_private(path)  # before SQLite creates a WAL with the file's mode
         contents = self._open_orphan(path, lock_path, fd)
         if contents is None:
             return None
@@ -393,7 +404,8 @@ def lock(path: str, *, create: bool) -> Optional[int]:
     """Open and ``flock`` ``path`` without waiting; the fd, or None when held or gone.
 
     After the lock is granted, ``path`` must still name the locked file: if it was
-    deleted (and perhaps recreated) in between, the lock protects nothing.
+    deleted (and perhaps recreated) in between, the lock protects nothing. The
+    file is left with mode 0o600, whoever created it under whatever umask.
     """
     flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | (os.O_CREAT if create else 0)
     try:
@@ -405,6 +417,7 @@ def lock(path: str, *, create: bool) -> Optional[int]:
         now = os.stat(path)
         held = os.fstat(fd)
         if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            make_private(fd)
             return fd
     except OSError:
         pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import urllib.parse
 from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -20,6 +21,8 @@ _SCHEMA = "CREATE TABLE events (id INTEGER PRIMARY KEY, created REAL NOT NULL, d
 _WAL_LIMIT = 1 << 20  # bytes: WAL size kept after a checkpoint, and checkpoint interval
 _VACUUM_AT = 1 << 20  # free bytes in an emptied file that make it shrink
 _BUSY_TIMEOUT = 0.2  # seconds; only a foreign opener can hold our file's lock
+PRIVATE = 0o600  # every spool file: it holds user data, for its owner's eyes only
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def is_corrupt(exc: BaseException) -> bool:
@@ -42,6 +45,53 @@ class Contents(NamedTuple):
     events: int
     size: int
     next_id: int
+
+
+def create_private(path: str) -> int:
+    """Create ``path``, which must not exist, with mode :data:`PRIVATE`; its descriptor.
+
+    Whatever the umask: it can only take bits away, and may take the owner's
+    too, so the mode is set again on the descriptor. Raises ``OSError``
+    (``FileExistsError`` when ``path`` exists, a symbolic link included).
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, PRIVATE)
+    try:
+        os.fchmod(fd, PRIVATE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_private(fd: int) -> None:
+    """Set the file of ``fd`` to mode :data:`PRIVATE` if it is not; quietly, when not ours."""
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != PRIVATE:
+            os.fchmod(fd, PRIVATE)
+    except OSError:
+        pass  # another user's file (a shared spool_path): the folder's warning covers it
+
+
+def make_files_private(path: str) -> None:
+    """Set an existing database, its WAL and its shared-memory file to :data:`PRIVATE`.
+
+    For a file left by an earlier version or by another umask, before SQLite
+    opens it: the WAL and shared-memory files SQLite creates take the mode of
+    the database file.
+    """
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            # O_NONBLOCK: a FIFO planted under one of these names must not hang us.
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _NO_FOLLOW)
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                make_private(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def connect(path: str, *, create: bool) -> sqlite3.Connection:
@@ -70,12 +120,17 @@ def configure(conn: sqlite3.Connection, *, fsync: bool) -> None:
 def create_database(path: str, *, fsync: bool, max_bytes: int) -> sqlite3.Connection:
     """A new, empty spool file at ``path``, held by the connection returned.
 
-    Raises ``sqlite3.Error`` with the connection closed; deleting what was
-    created is the caller's.
+    The file is created here with mode :data:`PRIVATE` before SQLite opens it:
+    SQLite would create it under the umask (0o644 by default), and gives its
+    WAL and shared-memory files the mode of the database file. Raises
+    ``OSError`` when ``path`` cannot be created (``FileExistsError`` when it
+    exists; nothing was created then), or ``sqlite3.Error`` with the connection
+    closed; deleting what was created is the caller's.
     """
+    os.close(create_private(path))
     conn: Optional[sqlite3.Connection] = None
     try:
-        conn = connect(path, create=True)
+        conn = connect(path, create=False)
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         configure(conn, fsync=fsync)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -283,6 +284,7 @@ class Spool:
                 f"{exc.strerror or exc}",
                 path=self.directory,
             ) from exc
+        _warn_if_shared(self.directory)
         self._pid = os.getpid()
         own = self._held.open_own()
         self._claim()
@@ -338,6 +340,36 @@ class Spool:
                     self.on_error(error)
                 except Exception as exc:
                     _report.warn(f"spool-callback-{id(self)}", f"on_error raised {exc!r}")
+
+
+_READ_BY_OTHERS = stat.S_IRGRP | stat.S_IROTH
+_WRITTEN_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+
+
+def _warn_if_shared(directory: str) -> None:
+    """Warn, once per directory and process, when other users may read or write ``directory``.
+
+    Its files are 0o600 whatever the umask, but others could still list them
+    (and see how much is waiting), or delete and replace them.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(directory).st_mode)
+    except OSError:
+        return  # creating the files will say what is wrong
+    risks = []
+    if mode & _READ_BY_OTHERS:
+        risks.append("list its files (how much is waiting)")
+    if mode & _WRITTEN_BY_OTHERS:
+        risks.append("delete or replace the files")
+    if not risks:
+        return
+    _report.warn(
+        f"spool-folder-{os.path.realpath(directory)}",
+        f"spool: spool_path {directory!r} is open to other users (mode {mode:04o}): they can "
+        f"{' and '.join(risks)}; the files themselves are 0600. Make the folder private "
+        f"(chmod 700)",
+        interval=float("inf"),
+    )
 
 
 def _call(callback: Optional[DropCallback], count: int, reason: str) -> None:

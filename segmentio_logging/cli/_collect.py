@@ -21,7 +21,7 @@ from .. import _report
 from .._spec import Verdict, check_request
 from .._timestamps import format_timestamp
 from ..testing import LocalCollector, Request
-from ._common import EXIT_FAILED, EXIT_OK, UsageError, say
+from ._common import EXIT_FAILED, EXIT_OK, UsageError, say, write_key_flag
 
 OnVerdict = Callable[[Request, Verdict], None]
 
@@ -306,9 +306,10 @@ def _outcome(counts: Dict[str, int], interrupted: bool, count: Optional[int]) ->
 def collect(args: argparse.Namespace) -> int:
     """Receive messages like Segment's Tracking API, check each one, and show it."""
     _check_when_to_stop(args)
+    write_key = write_key_flag(args)
     opened = _open_output(args.jsonl)
     printer = _Printer(sys.stdout if opened is None else opened, jsonl=bool(args.jsonl))
-    check = SpecCheck(write_key=args.writeKey, strict=args.strict, on_verdict=printer, keep=False)
+    check = SpecCheck(write_key=write_key, strict=args.strict, on_verdict=printer, keep=False)
     try:
         receiver = LocalCollector(args.host, args.port, check=check)
     except OSError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import math
 import os
 import sys
@@ -93,15 +94,75 @@ def make_message(
     return message, encode(message)
 
 
+# --------------------------------------------------------------------------- write key
+
+_KEY_FILE_LIMIT = 4096  # bytes: a write key is a few dozen; more is the wrong file
+
+
+def write_key_flag(args: argparse.Namespace) -> Optional[str]:
+    """The write key of ``--writeKey`` or ``--writeKey-file``; None when neither was given."""
+    if args.writeKey_file is None:
+        key: Optional[str] = args.writeKey
+        return key
+    return read_write_key(args.writeKey_file)
+
+
+def read_write_key(path: str) -> str:
+    """The write key held in the file at ``path`` (``-``: standard input), one newline stripped.
+
+    A terminal on standard input is asked for the key without echo. Raises
+    :class:`UsageError` for a file that cannot be read, is empty, or holds more
+    than one line.
+    """
+    where = "- (standard input)" if path == "-" else repr(path)
+    try:
+        data = _read_key_bytes(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read --writeKey-file {where}: {exc.strerror or exc}") from None
+    if len(data) > _KEY_FILE_LIMIT:
+        raise UsageError(f"--writeKey-file {where} is over {_KEY_FILE_LIMIT} bytes: not a key")
+    try:
+        key = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(f"--writeKey-file {where} is not UTF-8 text") from None
+    if key.endswith("\n"):
+        key = key[:-2] if key.endswith("\r\n") else key[:-1]
+    if not key.strip():
+        raise UsageError(f"--writeKey-file {where} is empty: it must hold the write key")
+    if "\n" in key or "\r" in key:
+        raise UsageError(f"--writeKey-file {where} holds more than one line: only the key")
+    return key
+
+
+def _read_key_bytes(path: str) -> bytes:
+    if path != "-":
+        with open(path, "rb") as stream:
+            return stream.read(_KEY_FILE_LIMIT + 1)
+    stdin = sys.stdin
+    if stdin is None:
+        raise OSError("no standard input")
+    if stdin.isatty():  # a person at a terminal: ask, and keep the key off the screen
+        return getpass.getpass("write key: ").encode("utf-8")
+    binary: Optional[IO[bytes]] = getattr(stdin, "buffer", None)
+    if binary is None:  # replaced by a text stream (an embedding program, a test)
+        return stdin.read(_KEY_FILE_LIMIT + 1).encode("utf-8")
+    return binary.read(_KEY_FILE_LIMIT + 1)
+
+
 # --------------------------------------------------------------------------- delivery
 
 
 def options_from(args: argparse.Namespace, *, need_key: bool = True) -> Options:
     """Write key, host, timeout and retries: from the flags, else ``SEGMENT_*``, else defaults."""
     given: Dict[str, Any] = {"host": args.host, "timeout": args.timeout}
-    key = args.writeKey if args.writeKey is not None else os.environ.get(env_var("write_key"))
+    key = write_key_flag(args)
+    if key is None:
+        key = os.environ.get(env_var("write_key"))
     if need_key and not (key or "").strip():
-        raise UsageError("no write key: pass --writeKey=KEY or set SEGMENT_WRITE_KEY")
+        raise UsageError(
+            "no write key: pass --writeKey-file=PATH or set SEGMENT_WRITE_KEY "
+            "(or --writeKey=KEY, which other users can see in ps)"
+        )
     given["write_key"] = key
     given["send"] = need_key
     if args.retries is not None:

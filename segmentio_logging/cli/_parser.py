@@ -12,10 +12,29 @@ from ._demo import demo
 from ._import import import_file
 from ._send import send
 
+# A command line is visible to every user of the machine (ps, /proc/PID/cmdline).
+_SEEN_IN_PS = "other users can see it in ps: prefer --writeKey-file"
+_KEY_FILE_HELP = (
+    "read {what} from PATH ('-': standard input, asked for without echo at a terminal); "
+    "one trailing newline is stripped"
+)
+
+
+def _add_write_key_flags(parser: argparse.ArgumentParser, *, key_help: str, file_help: str) -> None:
+    """``--writeKey KEY`` or ``--writeKey-file PATH`` (also ``--write-key-file``), not both."""
+    flags = parser.add_mutually_exclusive_group()
+    flags.add_argument("--writeKey", metavar="KEY", help=key_help)
+    flags.add_argument(
+        "--writeKey-file", "--write-key-file", dest="writeKey_file", metavar="PATH", help=file_help
+    )
+
 
 def _add_delivery_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--writeKey", metavar="KEY", help="the source's write key (default: $SEGMENT_WRITE_KEY)"
+    _add_write_key_flags(
+        parser,
+        key_help=f"the source's write key (default: $SEGMENT_WRITE_KEY); {_SEEN_IN_PS} "
+        "or $SEGMENT_WRITE_KEY",
+        file_help=_KEY_FILE_HELP.format(what="the write key"),
     )
     parser.add_argument(
         "--host",
@@ -137,8 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     collect_parser.add_argument(
         "--port", type=int, default=0, help="port (default: 0, a free port, printed)"
     )
-    collect_parser.add_argument(
-        "--writeKey", metavar="KEY", help="accept only this write key (default: any)"
+    _add_write_key_flags(
+        collect_parser,
+        key_help=f"accept only this write key (default: any); {_SEEN_IN_PS}",
+        file_help=_KEY_FILE_HELP.format(what="the only write key to accept"),
     )
     collect_parser.add_argument(
         "--strict",

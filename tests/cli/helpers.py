@@ -16,10 +16,13 @@ from segmentio_logging.testing import LocalCollector
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """``python -m segmentio_logging ARGS`` in a child process."""
+def run_cli(
+    *args: str, timeout: float = 30, stdin: Optional[str] = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m segmentio_logging ARGS`` in a child process; ``stdin``, when given, as input."""
     return subprocess.run(
         [sys.executable, "-m", "segmentio_logging", *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
