@@ -1,4 +1,7 @@
-"""``Client``, and the original client's module-level calls (``init``, ``track``...)."""
+"""``Client``: the original client's calls (``identify``, ``track``...) on a pipeline of its own.
+
+The module-level calls, on a default client, are in ``_classic``.
+"""
 
 from __future__ import annotations
 
@@ -253,7 +256,9 @@ class Client:
     close = shutdown
 
     def stats(self) -> Dict[str, int]:
-        """Counters: enqueued, delivered, failed, dropped, pending, batches, retries."""
+        """Counters: enqueued, delivered, failed, dropped, filtered, pending (so that
+        ``enqueued == delivered + failed + dropped + filtered + pending``), queued,
+        batches, retries; with ``spool_path`` also spooled, recovered, recovered_lost."""
         return self._pipeline.stats()
 
 

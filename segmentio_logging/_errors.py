@@ -81,3 +81,8 @@ class SpoolError(SegmentError):
 
     def __repr__(self) -> str:
         return f"SpoolError({self.reason!r}, count={self.count}, path={self.path!r})"
+
+
+class Filtered(Exception):
+    """Internal: ``before_send`` returned None. The message is not sent, and that is no
+    error; the pipeline counts it as filtered. Never reaches the user."""

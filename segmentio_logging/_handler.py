@@ -138,7 +138,7 @@ class SegmentHandler(logging.Handler):
         """Count and report a record that broke on the caller's side, then ``handleError``."""
         try:
             error = InvalidMessage(f"{what}: {type(exc).__name__}: {safe_str(exc)}")
-            self._pipeline.reject(record, error)
+            self._pipeline.reject(record, error, warn=False)  # handleError says it below
         except Exception:  # pragma: no cover - reporting must not raise into the app either
             pass
         self.handleError(record)

@@ -9,15 +9,11 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, Optional
 
-from ._errors import InvalidMessage
+from ._errors import Filtered, InvalidMessage
 from ._json import decode_json
 from ._message import Encode, Encoded
 from ._message import encode as encode_message
 from ._options import BeforeSend
-
-
-class Filtered(Exception):
-    """``before_send`` returned None: the message is not sent, and that is no error."""
 
 
 def with_hooks(
@@ -40,16 +36,22 @@ def with_hooks(
 
     def hooked(item: Any) -> Encoded:
         message, data = encode(item)
-        # A copy: the caller may still hold the message (the client returns it).
-        message = dict(decode_json(data) if message is None else message)
+        if before_send is not None or message is None:
+            # A dict of its own, from the bytes: before_send may change anything in it, and
+            # the caller may still hold the message (the client returns it).
+            message = decode_json(data)
+        else:
+            message = dict(message)  # only its context is replaced below
         if defaults:
             own = message.get("context")
-            message["context"] = merged(defaults, own) if isinstance(own, dict) else dict(defaults)
-            if before_send is not None:  # it may change the context: not the defaults' dicts
-                message["context"] = copy.deepcopy(message["context"])
+            context = merged(defaults, own) if isinstance(own, dict) else dict(defaults)
+            # before_send may change the context: then not the defaults' own dicts.
+            message["context"] = copy.deepcopy(context) if before_send is not None else context
         if before_send is not None:
             message = _call_before_send(before_send, message)
-        return message, encode_message(message)
+        # No dict goes on: callbacks decode theirs from these bytes, so none can change the
+        # defaults or the caller's message.
+        return None, encode_message(message)
 
     return hooked
 

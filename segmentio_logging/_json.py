@@ -24,6 +24,7 @@ __all__ = [
     "PLAIN_JSON",
     "PLAIN_OPTIONS",
     "bytes_to_str",
+    "decode_json",
     "dumps",
     "encode_json",
     "preview",
@@ -284,10 +285,11 @@ def encode_json(message: Mapping[str, Any]) -> bytes:
     return data
 
 
-# Twenty digits in a row may be an integer past 64 bits (19 digits always fit). Found by
-# mapping digits to "0" and all else to " ": two C loops, six times faster than a regex.
+# Nineteen digits in a row may be an integer past 64 bits (-9223372036854775809 has 19;
+# 18 always fit). Found by mapping digits to "0" and all else to " ": two C loops, six
+# times faster than a regex.
 _DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
-_TWENTY_DIGITS = b"0" * 20
+_LONG_NUMBER = b"0" * 19
 
 
 def decode_json(data: bytes) -> Any:
@@ -300,7 +302,7 @@ def decode_json(data: bytes) -> Any:
     if (
         FAST_JSON is not None
         and _fast_decode is not None
-        and _TWENTY_DIGITS not in data.translate(_DIGITS_AS_ZEROS)
+        and _LONG_NUMBER not in data.translate(_DIGITS_AS_ZEROS)
     ):
         try:
             return _fast_decode(data)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from itertools import count
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
+from . import _lifecycle
 from ._errors import InvalidMessage, MessageTooLarge
 from ._json import bytes_to_str, encode_json, preview, safe_str
 from ._segment import MAX_MESSAGE_BYTES, MAX_MESSAGE_ID_LENGTH, MESSAGE_TYPES
@@ -64,7 +65,9 @@ class _MessageIds:
 
 _ids = _MessageIds()
 new_message_id = _ids.next
-reset_message_ids = _ids.reset  # the pipeline registers it to run in a forked child
+reset_message_ids = _ids.reset
+# Or parent and child would send the same messageIds.
+_lifecycle.on_fork_in_child(reset_message_ids)
 
 
 # --------------------------------------------------------------------------- messages

@@ -51,7 +51,7 @@ class Ledger:
         self.taken = 0  # items the worker took off the queue (or swept)
         self.delivered = 0
         self.failed = 0
-        self.dropped_worker = 0  # could not be encoded, or swept at close
+        self.dropped_worker = 0  # not encoded, swept at close, or own events a spool bound took
         self.dropped_caller = 0  # refused before they were queued (full, closed, invalid)
         self.filtered = 0  # before_send returned None: not sent, and no error
         self.unreported_full = 0  # full-queue drops not yet told to on_failure
@@ -152,7 +152,8 @@ class Callbacks:
         call(self.on_failure, [], error)
 
     def lost(self, error: SegmentError) -> None:
-        """Tell ``on_failure`` of events lost outside any request (the spool's bounds)."""
+        """Tell ``on_failure`` of a failure outside any request: events a spool bound or a
+        corrupt file took, or a spool that could not be opened (events then stay in memory)."""
         call(self.on_failure, [], error)
 
 

@@ -9,7 +9,8 @@ Where batches go is a strategy the pipeline holds, a :class:`Delivery`: in
 memory (:class:`MemoryDelivery`, the default), or through a disk spool
 (``segmentio_logging._spool.SpoolDelivery``; ``_assemble.make_pipeline``
 chooses it when ``spool_path`` is set). A delivery drives the pipeline only
-through the public methods below the "for the delivery" line.
+through the public methods of :class:`~segmentio_logging._delivery.Host` (most of them below
+the "for the delivery" line).
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 
 from . import _lifecycle, _report
 from ._delivery import Batch, Delivery, MemoryDelivery
-from ._errors import ClosedError, DeliveryError, InvalidMessage, SegmentError
-from ._hooks import Filtered
+from ._errors import ClosedError, DeliveryError, Filtered, InvalidMessage, SegmentError
 from ._lifecycle import CLOSE_GRACE, marked_busy, may_wait
-from ._message import Encode, Encoded, reset_message_ids
+from ._message import Encode, Encoded
 from ._outcomes import Callback, Callbacks, Ledger, messages_of, transport_failure
 from ._transport import Deadline, Outcome, Transport, cut_by_bytes
 
@@ -144,15 +144,20 @@ class Pipeline:
         self._process_here([item])
         return True
 
-    def reject(self, item: Any, error: SegmentError) -> None:
-        """Count and report an item refused before it was queued (too large, invalid)."""
+    def reject(self, item: Any, error: SegmentError, *, warn: bool = True) -> None:
+        """Count and report an item refused before it was queued (too large, invalid).
+
+        ``warn=False`` when the caller reports it on stderr itself (the handler's
+        ``handleError``); ``on_failure`` hears of it either way.
+        """
         with self.ledger.lock:
             self.ledger.dropped_caller += 1
-        self._refuse(item, error)
+        self._refuse(item, error, warn=warn)
 
-    def _refuse(self, item: Any, error: SegmentError) -> None:
+    def _refuse(self, item: Any, error: SegmentError, *, warn: bool = True) -> None:
         """Report an item that will not be sent: on stderr (rate-limited) and to on_failure."""
-        _report.warn(f"refused-{self.serial}", f"message not sent: {error.reason}")
+        if warn:
+            _report.warn(f"refused-{self.serial}", f"message not sent: {error.reason}")
         self.callbacks.refused([item], error)
 
     # ------------------------------------------------------------------ worker side
@@ -478,13 +483,10 @@ class Pipeline:
         self.delivery.after_fork_in_child()
 
     def stats(self) -> Dict[str, int]:
-        """Counters; ``enqueued == delivered + failed + dropped + pending`` always holds."""
+        """Counters; ``enqueued == delivered + failed + dropped + filtered + pending``."""
         self.check_fork()
         extra = self.delivery.stats()
         with self.ledger.lock:
             counts = self.ledger.counts(len(self._queue))
         counts.update(extra)
         return counts
-
-
-_lifecycle.on_fork_in_child(reset_message_ids)  # or parent and child send the same messageIds

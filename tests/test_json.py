@@ -360,6 +360,7 @@ class TestDecodeJson:
             b'{"lone":"\\ud800"}',  # a lone surrogate, as the encoder escapes one
             b'{"big":123456789012345678901234567890}',  # past 64 bits
             b'{"small":-123456789012345678901234567890,"max":18446744073709551615}',
+            b'{"below_i64":-9223372036854775809,"above":9223372036854775808}',
             b"[]",
         ],
     )
@@ -367,6 +368,13 @@ class TestDecodeJson:
         """decode_json gives what json.loads gives, with either encoder and for what
         orjson refuses (lone surrogates, integers past 64 bits)."""
         assert _json.decode_json(text) == json.loads(text)
+
+    @given(st.integers(min_value=-(2**70), max_value=2**70))
+    def test_every_integer_reads_back_exactly(self, number: int) -> None:
+        """An integer of any size reads back as the same integer, never a float."""
+        data = _json.encode_json({"n": number})
+        assert _json.decode_json(data) == {"n": number}
+        assert type(_json.decode_json(data)["n"]) is int
 
     def test_it_reads_back_what_encode_json_wrote(self) -> None:
         """Encoding then decoding gives the message back."""

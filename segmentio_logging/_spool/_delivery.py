@@ -9,7 +9,6 @@ outage they stay on disk and the sender backs off. See docs/spool.md.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
@@ -19,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .. import _report
 from .._delivery import Host
 from .._errors import DeliveryError, SpoolError
+from .._json import decode_json
 from .._lifecycle import CLOSE_GRACE, busy_threads, end_of, marked_busy
 from .._transport import Response, is_retryable
 from ._counted import CountedSpool
@@ -463,7 +463,7 @@ def _decode(rows: Sequence[Tuple[SpoolKey, bytes]]) -> List[Any]:
     out: List[Any] = []
     for _, data in rows:
         try:
-            out.append(json.loads(data))
+            out.append(decode_json(data))
         except ValueError:  # pragma: no cover - the worker only stores what it encoded
             out.append(data.decode("utf-8", "replace"))
     return out
