@@ -211,7 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         payload = reply.text.encode("utf-8")
         try:
-            self.connection.settimeout(self.server.limits.idle_timeout)  # reads may leave less
+            self.stream.before_answer()
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))

@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
+from segmentio_logging import _receiver
 from segmentio_logging._receiver import MAX_HEAD_BYTES, Limits
 from segmentio_logging._spec import Verdict
 from segmentio_logging.testing import LocalCollector, Reply, Request
@@ -281,6 +282,13 @@ class TestHead:
 
 
 class TestClocks:
+    @pytest.fixture(autouse=True, params=["socket options", "Python timeouts"])
+    def clocks(self, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each clock test runs with the system's socket timeouts and with Python's (the
+        fallback where the system has none)."""
+        if request.param == "Python timeouts":
+            monkeypatch.setattr(_receiver, "_KERNEL_TIMEOUTS", False)
+
     def test_a_slowloris_head_is_cut_off_with_408(self) -> None:
         """A client sending a header byte every 50 ms gets 408 once request_timeout passed."""
         with LocalCollector(request_timeout=0.5, idle_timeout=5) as receiver:
