@@ -134,7 +134,6 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     connection_id = 0
     stream: RequestStream
-    _linger = False
 
     def setup(self) -> None:
         super().setup()
@@ -189,13 +188,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _refuse(self, refused: Refused, request: Optional[Request] = None) -> None:
         """Answer ``refused``; when its body is left unread, close the connection after it."""
         self.stream.end_head()
-        request = request or self._request()
+        if request is None:
+            request = self._request()
         reply = self.server.collector._refused(request, refused)
         if refused.close:
-            self._linger = True
             reply.headers["Connection"] = "close"
         self._answer(request, reply)
-        if self._linger:
+        if refused.close:
             linger(self.connection)
 
     def _answer(self, request: Request, reply: Reply) -> None:
