@@ -16,21 +16,36 @@ the check decides.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
-import gzip
 import itertools
 import json
 import math
 import socket
 import struct
-import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Protocol
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Protocol, Tuple
 
+from ._receiver import (
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_DECODED_BYTES,
+    MAX_REQUEST_BYTES,
+    REQUEST_TIMEOUT,
+    Limits,
+    ReceiverServer,
+    Refused,
+    RequestStream,
+    body_length,
+    decoded_body,
+    linger,
+    read_body,
+    refusal_bytes,
+)
 from ._spec import SINGLE_CALL_PATHS, Verdict, basic_auth_user
 from ._transport import BATCH_PATH
 
@@ -118,30 +133,72 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _Server
     connection_id = 0
+    stream: RequestStream
 
     def setup(self) -> None:
         super().setup()
+        self.rfile.close()  # replaced by a stream that keeps the receiver's clocks and limits
+        self.stream = RequestStream(self.connection, self.server.limits)
+        self.rfile = self.stream
         self.connection_id = next(self.server.connection_ids)
 
     def log_message(self, format: str, *args: Any) -> None:  # silence the default stderr log
         pass
 
+    def handle_one_request(self) -> None:
+        self.stream.next_request()
+        super().handle_one_request()  # a read past a clock ends it, the connection to close
+        if self.stream.timed_out and self.stream.started:
+            # Part of a request came, too slowly: say so (an idle connection just closes).
+            with contextlib.suppress(OSError):
+                self.connection.settimeout(1.0)
+                self.connection.sendall(refusal_bytes(408, "the request took too long to arrive"))
+            linger(self.connection)
+
+    def handle_expect_100(self) -> bool:
+        """A body that will be refused is refused before the client sends it."""
+        if self.command == "POST":
+            try:
+                body_length(self.headers, self.server.limits)
+            except Refused as refused:
+                self._refuse(refused)
+                return False
+        return super().handle_expect_100()
+
     def do_POST(self) -> None:
-        collector = self.server.collector
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        body: Any = None
-        data = raw
+        server = self.server
+        limits = server.limits
+        self.stream.end_head()
+        request = self._request()
         try:
-            data = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
-            body = json.loads(data.decode("utf-8")) if data else None
-        except Exception:
-            body = None
-        request = Request(
-            "POST", self.path, headers, raw, body, None, time.time(), self.connection_id
-        )
-        reply = collector._receive(request, len(data))
+            length = body_length(self.headers, limits)
+            with server.budget.hold(limits.max_request_bytes if length is None else length):
+                request.raw = read_body(self.stream, length, limits.max_request_bytes)
+                with server.decoding:
+                    size, verdict = server.collector._read(request)
+        except Refused as refused:
+            self._refuse(refused, request)
+            return
+        self._answer(request, server.collector._choose(request, size, verdict))
+
+    def _request(self) -> Request:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        return Request("POST", self.path, headers, b"", None, None, time.time(), self.connection_id)
+
+    def _refuse(self, refused: Refused, request: Optional[Request] = None) -> None:
+        """Answer ``refused``; when its body is left unread, close the connection after it."""
+        self.stream.end_head()
+        if request is None:
+            request = self._request()
+        reply = self.server.collector._refused(request, refused)
+        if refused.close:
+            reply.headers["Connection"] = "close"
+        self._answer(request, reply)
+        if refused.close:
+            linger(self.connection)
+
+    def _answer(self, request: Request, reply: Reply) -> None:
+        collector = self.server.collector
         if reply.delay:
             collector._stopping.wait(reply.delay)
         if reply.hang:
@@ -153,6 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         payload = reply.text.encode("utf-8")
         try:
+            self.stream.before_answer()
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
@@ -173,17 +231,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(ReceiverServer):
     collector: LocalCollector
     connection_ids: Iterator[int]
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that closes or resets its connection is part of what tests script.
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        super().handle_error(request, client_address)
 
 
 class RequestCheck(Protocol):
@@ -192,11 +242,15 @@ class RequestCheck(Protocol):
     ``segmentio-logging collect`` gives one that holds each request to
     Segment's spec. The calls run on the thread serving the request, in order:
     :meth:`inspect` once the request was read, :meth:`record` once its answer
-    is chosen, :meth:`answered` once that answer went out.
+    is chosen, :meth:`answered` once that answer went out. A request the
+    receiver refuses itself (over a limit, a body it cannot frame, gzip that
+    does not decompress) skips :meth:`inspect`: :meth:`record` gets the
+    receiver's verdict.
     """
 
     keep: bool
-    """Whether the collector keeps the requests too (False: a long run does not grow)."""
+    """Whether the collector keeps the requests too (False: a long run does not grow, and
+    the collector does not decode the JSON of a body for itself: ``Request.body`` is None)."""
 
     def inspect(self, request: Request) -> Verdict:
         """The verdict on ``request``; its status and body answer a request nothing scripted."""
@@ -216,6 +270,15 @@ class LocalCollector:
     larger, as Segment does past 500 KB, without using up a scripted reply.
     ``check`` (a :class:`RequestCheck`) sees every request, and its verdict
     answers each one that neither the script nor ``max_body_bytes`` answers.
+
+    Whoever can reach it gets no more than these, whatever was scripted: a
+    body of ``max_request_bytes`` as sent (a larger Content-Length is answered
+    413 before the body is read, and the connection closes; no length, 411) and
+    ``max_decoded_bytes`` once gzip is undone (413, found while decompressing);
+    ``idle_timeout`` seconds without a byte and ``request_timeout`` to send a
+    whole request (408, and the connection closes); ``max_connections``
+    connections served at once, each by a thread, the others waiting to be
+    accepted. Requests it refuses are recorded with their status.
     """
 
     def __init__(
@@ -225,17 +288,25 @@ class LocalCollector:
         *,
         max_body_bytes: Optional[int] = None,
         check: Optional[RequestCheck] = None,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_decoded_bytes: int = MAX_DECODED_BYTES,
+        idle_timeout: float = IDLE_TIMEOUT,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self.check = check
-        self._server = _Server((host, port), _Handler)
+        self.limits = Limits(
+            max_request_bytes, max_decoded_bytes, idle_timeout, request_timeout, max_connections
+        )
+        self._stopping = threading.Event()
+        self._server = _Server((host, port), _Handler, self.limits, self._stopping)
         self._server.collector = self
         self._server.connection_ids = itertools.count(1)
         self._cond = threading.Condition()
         self._requests: List[Request] = []
         self._script: Deque[Reply] = deque()
         self.default = Reply()
-        self._stopping = threading.Event()
         self._hangs: List[threading.Event] = []
         self._thread: Optional[threading.Thread] = None
 
@@ -314,13 +385,28 @@ class LocalCollector:
             self._hangs.append(event)
         event.wait(300)
 
-    def _receive(self, request: Request, size: int) -> Reply:
-        """Check ``request``, choose its reply, and record it with the status it gets.
+    def _read(self, request: Request) -> Tuple[int, Optional[Verdict]]:
+        """Decode ``request``'s body and check it: the size of the decoded body, the verdict.
 
-        ``size`` is the length of its decoded body.
+        :class:`Refused` when it decodes to more than ``max_decoded_bytes``.
         """
         check = self.check
-        verdict = None if check is None else check.inspect(request)
+        data = decoded_body(request.headers, request.raw, self.limits.max_decoded_bytes)
+        if data is None:  # not gzip after all: a check must not try to undo it again
+            invalid = Verdict(400, "body is not valid gzip (Content-Encoding: gzip)")
+            return len(request.raw), None if check is None else invalid
+        if data and (check is None or check.keep):
+            try:
+                request.body = json.loads(data.decode("utf-8"))
+            except Exception:  # not JSON, not UTF-8, nested too deeply
+                request.body = None
+        return len(data), None if check is None else check.inspect(request)
+
+    def _choose(self, request: Request, size: int, verdict: Optional[Verdict]) -> Reply:
+        """Choose ``request``'s reply, and record it with the status it gets.
+
+        ``size`` is the length of its decoded body; ``verdict`` the check's.
+        """
         limit = self.max_body_bytes
         if limit is not None and size > limit:
             reply = Reply(413, f'{{"error":"body of {size} bytes is over {limit}"}}')
@@ -334,14 +420,24 @@ class LocalCollector:
                 reply = Reply(verdict.status, verdict.body)
             else:
                 reply = default
-        request.status = None if (reply.reset or reply.hang) else reply.status
+        self._record(request, None if (reply.reset or reply.hang) else reply.status, verdict)
+        return reply
+
+    def _refused(self, request: Request, refused: Refused) -> Reply:
+        """Record ``request``, which the receiver answers itself; the reply that says why."""
+        verdict = Verdict(refused.status, refused.message)
+        self._record(request, refused.status, None if self.check is None else verdict)
+        return Reply(refused.status, verdict.body, headers=dict(refused.headers))
+
+    def _record(self, request: Request, status: Optional[int], verdict: Optional[Verdict]) -> None:
+        request.status = status
+        check = self.check
         if check is not None and verdict is not None:
             check.record(request, verdict)
         with self._cond:
             if check is None or check.keep:
                 self._requests.append(request)
             self._cond.notify_all()
-        return reply
 
     def _answered(self, request: Request) -> None:
         if self.check is not None:

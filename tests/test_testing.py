@@ -404,6 +404,20 @@ class TestCheck:
             assert post(receiver, batch("a"))[0] == 413
         assert ("record", 413) in check.calls
 
+    def test_keep_false_decodes_no_json(self) -> None:
+        """A check that keeps no request reads raw: the collector leaves body None for it."""
+        bodies: List[Any] = []
+
+        class Seeing(CheckRecorder):
+            def inspect(self, request: Request) -> Verdict:
+                bodies.append(request.body)
+                return super().inspect(request)
+
+        for keep in (True, False):
+            with LocalCollector(check=Seeing(keep=keep)) as receiver:
+                assert post(receiver, batch("a"))[0] == 202
+        assert bodies == [batch("a"), None]
+
     def test_keep_false_keeps_no_request(self) -> None:
         """A check with keep=False leaves the collector's record empty."""
         check = CheckRecorder(keep=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import signal
 import sys
 import threading
@@ -70,9 +71,16 @@ class SpecCheck:
 
     def inspect(self, request: Request) -> Verdict:
         """The verdict on ``request``: its status and body are Segment's answer."""
-        return check_request(
-            request.path, request.headers, request.raw, write_key=self.write_key, strict=self.strict
-        )
+        try:
+            return check_request(
+                request.path,
+                request.headers,
+                request.raw,
+                write_key=self.write_key,
+                strict=self.strict,
+            )
+        except RecursionError:  # JSON nested deeper than the parser goes
+            return Verdict(400, "body is not valid JSON: nested too deeply")
 
     def record(self, request: Request, verdict: Verdict) -> None:
         """Count ``request`` and its verdict, then hand both to ``on_verdict``."""
@@ -245,12 +253,25 @@ def _stop_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, stop)
 
 
-def _check_when_to_stop(args: argparse.Namespace) -> None:
-    """--count and --duration, when given, are above 0."""
+_LIMITS = (
+    "max_request_bytes",
+    "max_decoded_bytes",
+    "idle_timeout",
+    "request_timeout",
+    "max_connections",
+)
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """--count and --duration, when given, and the receiver's limits are above 0."""
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be at least 1")
     if args.duration is not None and not args.duration > 0:
         raise UsageError("--duration must be a number of seconds above 0")
+    for name in _LIMITS:
+        value = getattr(args, name)
+        if not (0 < value < math.inf):
+            raise UsageError(f"--{name.replace('_', '-')} must be above 0, got {value}")
 
 
 def _open_output(jsonl: Optional[str]) -> Optional[IO[str]]:
@@ -305,13 +326,22 @@ def _outcome(counts: Dict[str, int], interrupted: bool, count: Optional[int]) ->
 
 def collect(args: argparse.Namespace) -> int:
     """Receive messages like Segment's Tracking API, check each one, and show it."""
-    _check_when_to_stop(args)
+    _check_flags(args)
     write_key = write_key_flag(args)
     opened = _open_output(args.jsonl)
     printer = _Printer(sys.stdout if opened is None else opened, jsonl=bool(args.jsonl))
     check = SpecCheck(write_key=write_key, strict=args.strict, on_verdict=printer, keep=False)
     try:
-        receiver = LocalCollector(args.host, args.port, check=check)
+        receiver = LocalCollector(
+            args.host,
+            args.port,
+            check=check,
+            max_request_bytes=args.max_request_bytes,
+            max_decoded_bytes=args.max_decoded_bytes,
+            idle_timeout=args.idle_timeout,
+            request_timeout=args.request_timeout,
+            max_connections=args.max_connections,
+        )
     except OSError as exc:
         if opened is not None:
             opened.close()

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from .._receiver import (
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_DECODED_BYTES,
+    MAX_REQUEST_BYTES,
+    REQUEST_TIMEOUT,
+)
 from .._segment import MESSAGE_TYPES
 from .._version import __version__
 from ._collect import collect
@@ -49,6 +56,50 @@ def _add_delivery_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="retries of a request that failed for a reason worth retrying (default: 3)",
+    )
+
+
+def _add_receiver_limits(parser: argparse.ArgumentParser) -> None:
+    """What one client may make ``collect`` hold (it may face anyone who can reach it)."""
+    limits = parser.add_argument_group("limits on what a client may send")
+    limits.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=MAX_REQUEST_BYTES,
+        metavar="N",
+        help=f"the largest body as sent (default: {MAX_REQUEST_BYTES:,}, 1 MiB); a larger "
+        "Content-Length is answered 413 before the body is read",
+    )
+    limits.add_argument(
+        "--max-decoded-bytes",
+        type=int,
+        default=MAX_DECODED_BYTES,
+        metavar="N",
+        help=f"the largest body once gzip is undone (default: {MAX_DECODED_BYTES:,}, 4 MiB; "
+        "413 past it)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"close a connection that sends nothing for SECONDS (default: {IDLE_TIMEOUT:g})",
+    )
+    limits.add_argument(
+        "--request-timeout",
+        type=float,
+        default=REQUEST_TIMEOUT,
+        metavar="SECONDS",
+        help="the time a client has to send a whole request, from its first byte; 408 past "
+        f"it (default: {REQUEST_TIMEOUT:g})",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help="connections served at once, a thread each; more wait to be accepted "
+        f"(default: {MAX_CONNECTIONS})",
     )
 
 
@@ -176,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect_parser.add_argument(
         "--duration", type=float, metavar="SECONDS", help="stop after SECONDS"
     )
+    _add_receiver_limits(collect_parser)
     collect_parser.set_defaults(run=collect)
 
     demo_parser = commands.add_parser(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import select
 import signal
 import socket
 import subprocess
@@ -11,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 import urllib3
@@ -22,6 +24,17 @@ from segmentio_logging.cli._collect import SpecCheck
 from segmentio_logging.testing import LocalCollector, Reply
 
 from ..helpers import AUTH, free_port, valid
+from ..hostile import (
+    Peak,
+    at_once,
+    closed_by_peer,
+    gzip_bomb,
+    needs_proc,
+    proc_status,
+    raw_connection,
+    read_answer,
+    request_head,
+)
 from .helpers import child_env, post
 
 
@@ -75,6 +88,13 @@ class TestSpecCheck:
         receiver.script(Reply(503))
         assert post(f"{receiver.url}/v1/batch", b"nope", AUTH) == 503
         assert post(f"{receiver.url}/v1/batch", b"nope", AUTH) == 400
+
+    def test_json_nested_too_deeply_is_a_400(
+        self, receiver: LocalCollector, spec_check: SpecCheck
+    ) -> None:
+        """JSON nested past the parser's depth is answered 400, not a dropped connection."""
+        assert post(f"{receiver.url}/v1/batch", b"[" * 100_000, AUTH) == 400
+        assert spec_check.verdicts[0].error == "body is not valid JSON: nested too deeply"
 
     def test_keep_false_counts_without_keeping(self) -> None:
         """With keep=False the receiver counts requests but does not hold them."""
@@ -208,3 +228,128 @@ class TestCollect:
             port = busy.getsockname()[1]
             assert main(["collect", f"--port={port}", "--duration=0.1"]) == 2
         assert "cannot listen" in capsys.readouterr().err
+
+
+# The figures a hostile client could drive the receiver to before it bounded them: a 2 GB
+# body read whole, 3.1 GB for a 1 MB gzip bomb, a thread for each slow connection.
+MEMORY_BOUND_KB = 100 * 1024
+
+
+@contextlib.contextmanager
+def running_collect(*args: str) -> Iterator[Tuple[subprocess.Popen[str], str]]:
+    """``collect ARGS`` in a child process, and its URL; killed at the end if still running."""
+    child = start_collect(*args)
+    try:
+        yield child, collect_url(child)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.communicate(timeout=20)
+
+
+def threads_of(child: subprocess.Popen[str]) -> Callable[[], int]:
+    """What measures the threads of ``child`` (all of them, as the system counts)."""
+    return lambda: proc_status(child.pid)["Threads"]
+
+
+@needs_proc
+class TestCollectFacesHostileClients:
+    """``collect`` in a process of its own, its memory and threads read from /proc."""
+
+    def test_a_declared_2_gb_body_is_refused_unread(self) -> None:
+        """Headers declaring 2 GB get 413 at once and the connection closes; memory stays low."""
+        with running_collect() as (child, url), raw_connection(url) as sock:
+            sock.sendall(request_head(2_000_000_000, headers=["Authorization: x"]))
+            status, headers, _ = read_answer(sock)
+            assert (status, headers["connection"]) == (413, "close")
+            assert closed_by_peer(sock)
+            assert proc_status(child.pid)["VmHWM"] < MEMORY_BOUND_KB
+
+    def test_a_gzip_bomb_is_refused_and_memory_stays_low(self) -> None:
+        """512 MiB of zeros in half a megabyte of gzip: 413, and the peak RSS stays under
+        100 MB; collect reports the refusal."""
+        bomb = gzip_bomb(512)
+        assert len(bomb) < 1 << 20  # within --max-request-bytes: the decoded cap must hold
+        with running_collect() as (child, url):
+            headers = {**AUTH, "content-encoding": "gzip", "content-type": "application/json"}
+            assert post(f"{url}/v1/batch", bomb, headers) == 413
+            assert proc_status(child.pid)["VmHWM"] < MEMORY_BOUND_KB
+            child.send_signal(signal.SIGINT)
+            out, err = child.communicate(timeout=20)
+            assert "REJECTED  POST /v1/batch -> 413: the body decompresses to more than" in out
+            assert "1 request(s) rejected" in err
+
+    def test_slowloris_clients_are_cut_off_and_threads_stay_bounded(self) -> None:
+        """30 clients trickling a byte every 50 ms: each is cut off after --request-timeout,
+        no more than --max-connections threads serve them, and a real client is then served."""
+        limits = ("--max-connections=8", "--request-timeout=0.5", "--idle-timeout=5")
+        with running_collect(*limits) as (child, url):
+            slow = [raw_connection(url) for _ in range(30)]
+            for sock in slow:
+                sock.sendall(b"POST /v1/batch HTTP/1.1\r\nX-Slow: ")
+            with Peak(threads_of(child)) as peak:
+                deadline = time.monotonic() + 60
+                while slow and time.monotonic() < deadline:
+                    readable, _, _ = select.select(slow, [], [], 0.05)
+                    for sock in list(slow):
+                        try:
+                            if sock in readable and not sock.recv(65536):  # the 408, the close
+                                raise ConnectionResetError
+                            sock.sendall(b"x")
+                        except OSError:
+                            slow.remove(sock)
+                            sock.close()
+            assert slow == [], f"{len(slow)} slow clients still connected after 60 s"
+            assert peak.value <= 8 + 2  # the connections' threads, the main and serving ones
+            body = json.dumps(valid()).encode()
+            assert post(f"{url}/v1/track", body, AUTH) == 200
+
+    def test_200_concurrent_clients_all_get_an_answer(self) -> None:
+        """200 clients at once: each gets its 200, collect counts 200 valid messages, and the
+        threads stay within 64 (the default) plus two."""
+        body = json.dumps(valid()).encode()
+        with running_collect("--count=200", "--duration=120") as (child, url):
+            with Peak(threads_of(child)) as peak:
+                statuses = at_once(200, lambda i: post(f"{url}/v1/track", body, AUTH))
+            assert statuses == [200] * 200
+            out, err = child.communicate(timeout=30)
+            assert child.returncode == 0, err
+            assert "200 valid message(s), 0 invalid" in err
+            assert len(out.splitlines()) == 200
+            assert peak.value <= 64 + 2
+
+
+class TestCollectLimitFlags:
+    def test_the_limit_flags_reach_the_receiver(self) -> None:
+        """--max-request-bytes is the receiver's: a longer body gets 413 and counts as rejected."""
+        port = free_port()
+        result: List[int] = []
+        args = ["collect", f"--port={port}", "--max-request-bytes=100", "--count=1"]
+        runner = threading.Thread(target=lambda: result.append(main([*args, "--duration=20"])))
+        runner.start()
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        status = None
+        while status is None and time.monotonic() < deadline:
+            try:
+                status = post(f"{url}/v1/batch", b"x" * 101, AUTH)
+            except urllib3.exceptions.HTTPError:
+                threading.Event().wait(0.05)  # the receiver is not listening yet
+        assert status == 413  # a refused request counts as one without a readable message
+        runner.join(10)
+        assert result == [1]
+
+    @pytest.mark.parametrize(
+        "flag",
+        [
+            "--max-request-bytes=0",
+            "--max-decoded-bytes=-5",
+            "--idle-timeout=0",
+            "--request-timeout=nan",
+            "--max-connections=0",
+        ],
+    )
+    def test_limits_must_be_above_0(self, flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """A limit of 0 or less (or not a number) is a usage error."""
+        assert main(["collect", flag, "--duration=0.1"]) == 2
+        assert f"{flag.split('=')[0]} must be above 0" in capsys.readouterr().err
