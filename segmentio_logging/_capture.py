@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from typing import Any, Callable, Dict, Final, Literal, Optional, Tuple, Union
 
 from . import _json  # read as _json.PLAIN_JSON at each call: tests and benchmarks switch it off
-from ._json import MAX_DEPTH, PLAIN_OPTIONS, safe_str
+from ._errors import InvalidMessage, SegmentError
+from ._json import MAX_DEPTH, PLAIN_OPTIONS, error_text, plain_json, safe_str
 from ._message import build_message, checked_size, dict_field, plain_track, plain_track_json
 from ._message import encode as encode_message
 from ._segment import MAX_MESSAGE_BYTES, RESERVED_FIELDS, SESSION_ID, STANDARD_RECORD_ATTRS
-from ._snapshot import MUTABLE_FIELDS, SCALARS, copy_tree, snapshot
+from ._snapshot import MUTABLE_FIELDS, SCALARS, copy_tree, snapshot, snapshot_value
 
 __all__ = [
     "GENERAL",
@@ -99,6 +100,15 @@ GeneralCapture = Tuple[
 ]
 
 Captured = Union[GeneralCapture, TrackCapture]
+
+
+def _copied(value: Any) -> Any:
+    """:func:`snapshot` of a field; the field itself when it cannot be read (its
+    ``items()`` raises), for the worker to report as it builds the message."""
+    try:
+        return snapshot(value)
+    except Exception:
+        return value
 
 
 def _formatted(record: logging.LogRecord) -> str:
@@ -223,7 +233,7 @@ class RecordMapper:
                 else:
                     copies[attr] = value.copy()
             else:
-                copies[attr] = snapshot(value)
+                copies[attr] = _copied(value)
         text: Optional[str] = None
         if record.args or type(record.msg) is not str:
             text = _formatted(record)
@@ -240,7 +250,7 @@ class RecordMapper:
         nor private."""
         reserved = self._reserved_attrs
         return {
-            key: snapshot(value)
+            key: snapshot_value(value)
             for key, value in attrs.items()
             if key not in STANDARD_RECORD_ATTRS and key not in reserved and key[:1] != "_"
         }
@@ -292,15 +302,28 @@ class RecordMapper:
         The message is always ``None``: a plain track is spliced as bytes without a
         dict, and callbacks get every record's message decoded from what was sent,
         whichever path made it. Raises :class:`InvalidMessage` (or
-        :class:`MessageTooLarge`).
+        :class:`MessageTooLarge`), and nothing else: what a value raises as it is
+        read becomes an ``InvalidMessage``.
         """
-        if item[KIND] != GENERAL:
-            _, uid, aid, event, properties, created = item  # the TRACK_* layout
-            if properties is None or type(properties) is str:
-                data = plain_track_json(uid, aid, event, properties or "{}", created)
-                if data is not None:
-                    return None, data if len(data) <= MAX_MESSAGE_BYTES else checked_size(data)
-        return None, encode_message(self.build(item))
+        try:
+            if item[KIND] != GENERAL:
+                _, uid, aid, event, properties, created = item  # the TRACK_* layout
+                # Spliced as text: orjson's JSON from the capture, or the standard library's.
+                if properties is None:
+                    text: Optional[str] = "{}"
+                elif type(properties) is str:
+                    text = properties
+                else:
+                    text = plain_json(properties)
+                if text is not None:
+                    data = plain_track_json(uid, aid, event, text, created)
+                    if data is not None:
+                        return None, data if len(data) <= MAX_MESSAGE_BYTES else checked_size(data)
+            return None, encode_message(self.build(item))
+        except SegmentError:
+            raise
+        except Exception as exc:
+            raise InvalidMessage(f"could not build the message: {error_text(exc)}") from exc
 
     def build(self, item: Captured) -> Dict[str, Any]:
         """The message for a capture; raises :class:`InvalidMessage`."""
@@ -430,7 +453,7 @@ def _message_type(get: Callable[[str], Any]) -> Any:
     their fields imply."""
     kind = get("segment_type")
     if isinstance(kind, str):
-        return kind.strip().lower()
+        return str.strip(kind).lower()  # not a subclass's own strip()
     if kind is not None:
         return kind  # not a type: build_message reports it
     if get("previous_id") is not None:

@@ -9,7 +9,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from ._assemble import make_pipeline
 from ._errors import InvalidMessage, SegmentError
-from ._message import build_message, encode
+from ._json import error_text, preview
+from ._message import build_message, encode, unreadable
 from ._options import resolve_options
 from ._outcomes import Callback
 from ._snapshot import MUTABLE_FIELDS, snapshot
@@ -22,9 +23,48 @@ def _anonymous(session_id: Any, anonymous_id: Any) -> Any:
     if session_id is not None and session_id != anonymous_id:
         raise InvalidMessage(
             f"session_id and anonymous_id are two names for the same field and were given "
-            f"different values ({session_id!r} and {anonymous_id!r}); pass one of them"
+            f"different values ({preview(session_id)} and {preview(anonymous_id)}); "
+            "pass one of them"
         )
     return anonymous_id
+
+
+def _built(kind: str, fields: Dict[str, Any]) -> Dict[str, Any]:
+    """The message for a call's ``fields``, its mutable ones copied first (what the caller
+    changes afterwards is not sent).
+
+    Raises :class:`InvalidMessage` and nothing else: a call Segment would reject, or
+    a value that raises as it is read (a mapping whose iteration raises, a ``tzinfo``
+    whose ``utcoffset()`` does), the original error as its ``__cause__``.
+    """
+    values = dict(fields)  # fields stay as the caller gave them, for on_failure
+    try:
+        if "session_id" in values:
+            session_id = values.pop("session_id")
+            values["anonymous_id"] = _anonymous(session_id, values.get("anonymous_id"))
+        for name in MUTABLE_FIELDS:
+            value = values.get(name)
+            if value is not None:
+                try:
+                    values[name] = snapshot(value)
+                except Exception as exc:
+                    raise unreadable(name, exc) from exc
+        return build_message(kind, **values)
+    except InvalidMessage:
+        raise
+    except Exception as exc:  # an __eq__ or a __str__ that raises, say
+        raise InvalidMessage(f"could not build the message: {error_text(exc)}") from exc
+
+
+def _call_of(kind: str, fields: Dict[str, Any]) -> Dict[str, Any]:
+    """What on_failure gets of a call that could not become a message: its type and the
+    arguments it was given, by name."""
+    return {"type": kind, **{name: value for name, value in fields.items() if value is not None}}
+
+
+def _not_encoded(exc: Exception) -> InvalidMessage:
+    """The error for a message the encoder could not write (it never raises: a bug)."""
+    return InvalidMessage(f"could not encode the message: {error_text(exc)}")
 
 
 def _message_of(item: Any) -> Any:
@@ -65,7 +105,8 @@ class Client:
         return self._enqueue(
             "identify",
             user_id=user_id,
-            anonymous_id=_anonymous(session_id, anonymous_id),
+            session_id=session_id,
+            anonymous_id=anonymous_id,
             traits=traits,
             timestamp=timestamp,
             context=context,
@@ -90,7 +131,8 @@ class Client:
         return self._enqueue(
             "track",
             user_id=user_id,
-            anonymous_id=_anonymous(session_id, anonymous_id),
+            session_id=session_id,
+            anonymous_id=anonymous_id,
             event=event,
             properties=properties,
             timestamp=timestamp,
@@ -116,7 +158,8 @@ class Client:
         return self._enqueue(
             "group",
             user_id=user_id,
-            anonymous_id=_anonymous(session_id, anonymous_id),
+            session_id=session_id,
+            anonymous_id=anonymous_id,
             group_id=group_id,
             traits=traits,
             timestamp=timestamp,
@@ -164,7 +207,8 @@ class Client:
         return self._enqueue(
             "page",
             user_id=user_id,
-            anonymous_id=_anonymous(session_id, anonymous_id),
+            session_id=session_id,
+            anonymous_id=anonymous_id,
             category=category,
             name=name,
             properties=properties,
@@ -192,7 +236,8 @@ class Client:
         return self._enqueue(
             "screen",
             user_id=user_id,
-            anonymous_id=_anonymous(session_id, anonymous_id),
+            session_id=session_id,
+            anonymous_id=anonymous_id,
             category=category,
             name=name,
             properties=properties,
@@ -209,20 +254,25 @@ class Client:
     def _queue_message(self, kind: str, **fields: Any) -> Tuple[bool, Dict[str, Any]]:
         """Build and queue one message: (whether it was queued, the message as built).
 
-        Raises ``InvalidMessage`` for a call Segment would reject; a message that
-        cannot be encoded (over 32 KB) is reported to ``on_failure``, not queued.
+        Raises ``InvalidMessage`` (a ``ValueError``), and nothing else, for a call
+        Segment would reject or a value that raises as it is read; such a call is
+        also counted as dropped and reported to ``on_failure``, as a log record
+        would be. A message that cannot be encoded (over 32 KB) is reported to
+        ``on_failure``, not queued, and not raised.
         """
         # Before the message gets its messageId: in a child forked without Python's
         # fork hooks, this is where the ids (and the pipeline) start afresh.
         self._pipeline.check_fork()
-        for name in MUTABLE_FIELDS:  # what the caller changes afterwards is not sent
-            if fields.get(name) is not None:
-                fields[name] = snapshot(fields[name])
-        message = build_message(kind, **fields)  # raises InvalidMessage (a ValueError)
+        try:
+            message = _built(kind, fields)
+        except InvalidMessage as invalid:
+            self._pipeline.reject(_call_of(kind, fields), invalid)
+            raise
         try:
             data = encode(message)
-        except SegmentError as error:
-            self._pipeline.reject(message, error)
+        except Exception as exc:  # SegmentError: too large; anything else is a bug, reported
+            failure = exc if isinstance(exc, SegmentError) else _not_encoded(exc)
+            self._pipeline.reject(message, failure)
             return False, message
         # A right-sized copy to queue: orjson's bytes each hold a 4 KB buffer.
         item: Tuple[Dict[str, Any], bytes] = (message, b"".join((data, b"")))

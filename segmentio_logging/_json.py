@@ -27,6 +27,8 @@ __all__ = [
     "decode_json",
     "dumps",
     "encode_json",
+    "error_text",
+    "plain_json",
     "preview",
     "safe_str",
     "to_json_safe",
@@ -39,12 +41,19 @@ MAX_DEPTH = 64
 def safe_str(value: Any) -> str:
     """``str(value)``; its ``repr()``, or a placeholder, when that raises."""
     try:
-        return str(value)
+        text = str(value)
+        # Exactly a str: a subclass that __str__ returned could raise when hashed or read.
+        return text if type(text) is str else str.__str__(text)
     except Exception:
         try:
             return repr(value)
         except Exception:
             return f"<unprintable {type(value).__qualname__} object>"
+
+
+def error_text(exc: BaseException) -> str:
+    """``"RuntimeError: what it says"``, for a reason; never raises, whatever ``str(exc)`` does."""
+    return f"{type(exc).__name__}: {safe_str(exc)}"
 
 
 def preview(value: Any, limit: int = 60) -> str:
@@ -154,7 +163,9 @@ def to_json_safe(value: Any) -> Any:
 
     Never raises: cycles become ``"<cycle>"``, nesting deeper than 64 becomes
     ``"<too deep>"``, NaN and infinities become ``None``, and whatever has no
-    JSON form becomes its ``str()`` (``repr()``, or a placeholder, if that raises).
+    JSON form, or raises when it is read, becomes its ``str()`` (``repr()``, or a
+    placeholder, if that raises). Keys become their JSON text; keys with the same
+    text give one key (see :func:`_safe_object`).
     """
     return _safe(value, set(), 0)
 
@@ -169,6 +180,14 @@ def _safe(value: Any, seen: set[int], depth: int) -> Any:
         return _int(value)
     if kind is float:
         return value if math.isfinite(value) else None
+    try:
+        return _safe_other(value, seen, depth)
+    except Exception:  # an object that raises when read: an isinstance() of it, its items()...
+        return safe_str(value)
+
+
+def _safe_other(value: Any, seen: set[int], depth: int) -> Any:
+    """:func:`_safe` of what is not exactly None, a bool, a str, an int or a float."""
     if isinstance(value, str):
         return str.__str__(value)
     if isinstance(value, (int, float)) and not isinstance(value, enum.Enum):
@@ -197,17 +216,36 @@ def _safe_container(value: Any, seen: set[int], depth: int) -> Any:
     seen.add(marker)
     try:
         if isinstance(value, Mapping):
-            out: Dict[str, Any] = {}
             try:
                 items = list(value.items())
             except Exception:
                 return safe_str(value)
-            for key, item in items:
-                out[_key(key)] = _safe(item, seen, depth + 1)
-            return out
+            return _safe_object(items, seen, depth)
         return [_safe(item, seen, depth + 1) for item in value]
     finally:
         seen.discard(marker)
+
+
+def _safe_object(items: List[Tuple[Any, Any]], seen: set[int], depth: int) -> Dict[str, Any]:
+    """A JSON object of a mapping's ``items``, each key as its JSON text.
+
+    Keys that give the same text (``1`` and ``"1"``, ``True`` and ``"true"``, two
+    objects with one ``str()``) give one key, where the first of them stood: a key
+    that is a ``str`` wins over those that are not; otherwise the last one wins, as
+    in a dict built from them in order.
+    """
+    out: Dict[str, Any] = {}
+    texts_of_str_keys: set[str] = set()
+    for key, item in items:
+        if type(key) is str:
+            texts_of_str_keys.add(key)
+            text = key
+        else:
+            text = _key(key)
+            if text in texts_of_str_keys:
+                continue
+        out[text] = _safe(item, seen, depth + 1)
+    return out
 
 
 def _safe_converted(value: Any, seen: set[int], depth: int) -> Any:
@@ -224,20 +262,88 @@ def _safe_converted(value: Any, seen: set[int], depth: int) -> Any:
         seen.discard(marker)
 
 
+# How many containers _keys_are_plain looks at before it gives up (a cycle, or a value
+# so large that to_json_safe's cost does not matter beside it).
+_PLAIN_CONTAINERS = 1_000
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+_NESTED_TYPES = frozenset({dict, list, tuple})
+_only_str = frozenset({str}).issuperset
+
+
+def _keys_are_plain(value: Any) -> bool:
+    """Whether ``json`` writes no key twice in ``value``, a dict, list or tuple: every
+    dict in it has keys of type ``str`` alone, and no subclass of dict, list or tuple
+    is in it.
+
+    ``json`` writes int, float, bool and None keys (and str subclasses) as text that
+    may repeat a key beside them; it reads subclasses of containers by itself, past
+    this check. Values that ``json`` hands to its ``default`` are checked there
+    (:func:`_converted_for_json`). More than ``_PLAIN_CONTAINERS`` containers (a
+    cycle, say) is not plain. On the hot path of the standard library's encoding: a
+    loop over a stack, the fastest of the forms measured.
+    """
+    pending = [value]
+    left = _PLAIN_CONTAINERS
+    while pending:
+        left -= 1
+        if not left:
+            return False
+        items = pending.pop()
+        if type(items) is dict:
+            if not _only_str(map(type, items)):
+                return False
+            items = items.values()
+        for item in items:
+            kind = type(item)
+            if kind in _SCALAR_TYPES:
+                continue
+            if kind in _NESTED_TYPES:
+                pending.append(item)
+            elif issubclass(kind, (dict, list, tuple)):
+                return False
+    return True
+
+
+class _NotPlain(Exception):
+    """Raised through ``json`` when a value converts to containers it would write with
+    a key twice: :func:`dumps` then writes the whole value through :func:`to_json_safe`."""
+
+
+def _converted_for_json(value: Any) -> Any:
+    """:func:`_convert`, as the standard library's ``default``: a conversion to
+    containers (a mapping, a dataclass, a set) must hold no key json would repeat."""
+    converted = _convert(value)
+    kind = type(converted)
+    if (kind is dict or kind is list or kind is tuple) and not _keys_are_plain(converted):
+        raise _NotPlain
+    return converted
+
+
 _encoder = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_convert
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_converted_for_json
 )
 
 
+def plain_json(value: Any) -> Optional[str]:
+    """The compact JSON of a dict, list or tuple that ``json`` writes as it is (values
+    it cannot carry converted, no key twice); ``None`` for one that needs
+    :func:`to_json_safe` first. Never raises; may hold lone surrogates."""
+    try:
+        if type(value) in _NESTED_TYPES and _keys_are_plain(value):
+            return _encoder.encode(value)
+    except Exception:  # NaN, cycles, deep nesting, keys json refuses, huge ints...
+        pass
+    return None
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON of any value; never raises (see :func:`to_json_safe`).
+    """Compact JSON of any value; never raises (see :func:`to_json_safe`), and never
+    writes a key twice in an object.
 
     The result may hold lone surrogates; :func:`encode_json` escapes them.
     """
-    try:
-        return _encoder.encode(value)
-    except Exception:  # NaN, cycles, deep nesting, keys json refuses, huge ints...
-        return _encoder.encode(to_json_safe(value))
+    text = plain_json(value)
+    return text if text is not None else _encoder.encode(to_json_safe(value))
 
 
 try:  # the ``fast`` extra: about eight times faster than the standard library here

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from . import _lifecycle
 from ._errors import InvalidMessage, MessageTooLarge
-from ._json import bytes_to_str, encode_json, preview, safe_str
+from ._json import bytes_to_str, encode_json, error_text, preview, safe_str
 from ._segment import MAX_MESSAGE_BYTES, MAX_MESSAGE_ID_LENGTH, MESSAGE_TYPES
 from ._timestamps import format_timestamp, normalize_timestamp
 from ._version import __version__
@@ -32,6 +32,7 @@ __all__ = [
     "plain_track",
     "plain_track_json",
     "reset_message_ids",
+    "unreadable",
 ]
 
 LIBRARY_NAME = "segmentio-logging"
@@ -73,11 +74,20 @@ _lifecycle.on_fork_in_child(reset_message_ids)
 # --------------------------------------------------------------------------- messages
 
 
+def _text(value: Any) -> str:
+    """``value`` as text: a str (its subclasses by the text they hold), else its ``str()``."""
+    if type(value) is str:
+        return value
+    return str.__str__(value) if isinstance(value, str) else safe_str(value)
+
+
 def _id(value: Any, name: str) -> Optional[str]:
     if value is None:
         return None
-    if isinstance(value, str):
+    if type(value) is str:
         return value or None
+    if isinstance(value, str):
+        return str.__str__(value) or None
     if isinstance(value, (bytes, bytearray)):
         return bytes_to_str(bytes(value)) or None
     if isinstance(value, (Mapping, list, tuple, set, frozenset)):
@@ -86,12 +96,21 @@ def _id(value: Any, name: str) -> Optional[str]:
 
 
 def dict_field(value: Any, name: str) -> Optional[Dict[Any, Any]]:
-    """Field ``name`` of a message as a dict (or ``None``); raises :class:`InvalidMessage`."""
+    """Field ``name`` of a message as a dict (or ``None``); raises :class:`InvalidMessage`,
+    also for a mapping that raises when it is read (through its own ``items()``)."""
     if value is None or type(value) is dict:
         return value
     if isinstance(value, Mapping):
-        return dict(value)
+        try:
+            return dict(value.items())
+        except Exception as exc:
+            raise unreadable(name, exc) from exc
     raise InvalidMessage(f"{name} must be a dict, got {type(value).__name__}")
+
+
+def unreadable(name: str, exc: Exception) -> InvalidMessage:
+    """The error for field ``name``, whose value raised ``exc`` when it was read."""
+    return InvalidMessage(f"{name} could not be read: {error_text(exc)}")
 
 
 def build_message(
@@ -118,7 +137,9 @@ def build_message(
     with neither, the message is stamped now. Raises :class:`InvalidMessage`
     with a reason a person can act on.
     """
-    if kind not in MESSAGE_TYPES:
+    if type(kind) is not str and isinstance(kind, str):
+        kind = str.__str__(kind)  # compared as the text it holds, not by its own __eq__
+    if type(kind) is not str or kind not in MESSAGE_TYPES:
         raise InvalidMessage(
             f"segment_type must be one of {', '.join(MESSAGE_TYPES)}, got {preview(kind)}"
         )
@@ -172,9 +193,10 @@ def _add_fields_of_kind(
     """The fields of a message of type ``kind`` beyond its ids (an alias has none);
     raises :class:`InvalidMessage`."""
     if kind == "track":
-        if event is None or event == "":
+        text = event if type(event) is str else None if event is None else _text(event)
+        if not text:
             raise InvalidMessage("track needs an event name")
-        message["event"] = event if isinstance(event, str) else safe_str(event)
+        message["event"] = text
         message["properties"] = dict_field(properties, "properties") or {}
     elif kind == "identify":
         message["traits"] = dict_field(traits, "traits") or {}
@@ -186,16 +208,16 @@ def _add_fields_of_kind(
         message["traits"] = dict_field(traits, "traits") or {}
     elif kind in ("page", "screen"):
         if name is not None:
-            message["name"] = name if isinstance(name, str) else safe_str(name)
+            message["name"] = _text(name)
         if category is not None:
-            message["category"] = category if isinstance(category, str) else safe_str(category)
+            message["category"] = _text(category)
         message["properties"] = dict_field(properties, "properties") or {}
 
 
 def _checked_message_id(message_id: Any) -> str:
     """A message id given by the caller, as text; raises :class:`InvalidMessage` when it
     is empty or too long."""
-    mid = safe_str(message_id)
+    mid = _text(message_id)
     if not mid or len(mid) > MAX_MESSAGE_ID_LENGTH:
         raise InvalidMessage(
             f"message_id must be 1 to {MAX_MESSAGE_ID_LENGTH} characters, got {len(mid)}"

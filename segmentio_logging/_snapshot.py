@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Dict, List
 
-from ._json import MAX_DEPTH
+from ._json import MAX_DEPTH, safe_str
 
-__all__ = ["MUTABLE_FIELDS", "SCALARS", "copy_tree", "snapshot"]
+__all__ = ["MUTABLE_FIELDS", "SCALARS", "copy_tree", "snapshot", "snapshot_value"]
 
 # Fields whose values are usually containers the caller may go on mutating.
 MUTABLE_FIELDS = ("properties", "traits", "context", "integrations")
@@ -40,6 +40,10 @@ def snapshot(value: Any) -> Any:
     shared and self-referential in the copy, so that the JSON made from it is the
     JSON the original would have made; nesting deeper than 64 becomes ``"<too deep>"``.
     Other objects are kept as they are and read when the message is encoded.
+
+    Raises what ``value`` raises when it is read (its ``items()``, its iteration):
+    a field that cannot be read is no field. A value inside it that cannot be read
+    becomes its ``str()``, as the encoder would write it.
     """
     kind = type(value)
     if kind in SCALARS:
@@ -57,24 +61,46 @@ def snapshot(value: Any) -> Any:
     return copy_tree(value, {}, 0)
 
 
+def snapshot_value(value: Any) -> Any:
+    """:func:`snapshot` of a value that goes inside a field (a record's other attributes
+    become properties): what cannot be read becomes its ``str()``; never raises."""
+    try:
+        return snapshot(value)
+    except Exception:
+        return safe_str(value)
+
+
 def _copy_leaf(value: Any, memo: Dict[int, Any], depth: int) -> Any:
     """A value that is not a scalar: containers are copied, mappings and dataclasses
-    become dicts (copied), anything else is kept."""
-    if isinstance(value, _CONTAINERS):
-        return copy_tree(value, memo, depth)
-    if type(value) in _IMMUTABLE or isinstance(value, enum.Enum):
-        return value
+    become dicts (copied), anything else is kept.
+
+    Inside a container (``depth`` above 0), a value that raises when it is read
+    becomes its ``str()``; at the top, what it raises is raised.
+    """
+    try:
+        if isinstance(value, _CONTAINERS):
+            return copy_tree(value, memo, depth)
+        if type(value) in _IMMUTABLE or isinstance(value, enum.Enum):
+            return value
+        return _copy_object(value, memo, depth)
+    except Exception:
+        if depth == 0:
+            raise
+        text = safe_str(value)
+        memo[id(value)] = text  # the same text wherever else it occurs
+        return text
+
+
+def _copy_object(value: Any, memo: Dict[int, Any], depth: int) -> Any:
+    """A mapping or a dataclass as a dict, copied; any other object as it is."""
     done = memo.get(id(value))  # keyed by the original, which lives through the copy
     if done is not None:
         return done
-    try:
-        if isinstance(value, Mapping):
-            pairs = list(value.items())
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            pairs = [(f.name, getattr(value, f.name, None)) for f in dataclasses.fields(value)]
-        else:
-            return value
-    except Exception:  # a mapping that fails to iterate: left for the encoder to convert
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        pairs = [(f.name, getattr(value, f.name, None)) for f in dataclasses.fields(value)]
+    else:
         return value
     if depth >= MAX_DEPTH:
         return "<too deep>"

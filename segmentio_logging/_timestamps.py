@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any, Optional, Tuple
 
 from ._errors import InvalidMessage
-from ._json import preview
+from ._json import error_text, preview
 
 __all__ = ["format_timestamp", "normalize_timestamp"]
 
@@ -80,8 +80,19 @@ def normalize_timestamp(value: Any) -> str:
     """A ``timestamp=`` value (datetime, date, ISO-8601 string or epoch seconds) as ISO-8601 UTC.
 
     Naive datetimes and ISO strings without an offset are taken as UTC. Raises
-    :class:`InvalidMessage` saying what was wrong with ``value``.
+    :class:`InvalidMessage` saying what was wrong with ``value``, also when it
+    raises as it is read (a ``tzinfo`` whose ``utcoffset()`` raises, say).
     """
+    try:
+        return _normalized(value)
+    except InvalidMessage:
+        raise
+    except Exception as exc:
+        raise InvalidMessage(f"timestamp could not be read: {error_text(exc)}") from exc
+
+
+def _normalized(value: Any) -> str:
+    """:func:`normalize_timestamp`, raising whatever ``value`` raises when it is read."""
     if isinstance(value, dt.datetime):
         return _format_datetime(value)
     if isinstance(value, dt.date):
@@ -97,7 +108,7 @@ def normalize_timestamp(value: Any) -> str:
             )
         return format_timestamp(seconds)
     if isinstance(value, str):
-        text = value.strip()
+        text = str.strip(value)  # not a subclass's own strip()
         if text.endswith(("Z", "z")):
             text = text[:-1] + "+00:00"
         try:

@@ -412,6 +412,39 @@ class TestPlainTrackCapture:
         sent = json.loads(RecordMapper().encode(RecordMapper().capture(record))[1])  # type: ignore[arg-type]
         assert sent["properties"] == {"creds": {"password": "***"}, "order": [2, 1]}
 
+    def test_unreadable_properties_are_reported_at_encode(self) -> None:
+        """Properties whose items() raises are kept at capture, and refused on the worker with
+        the reason a client call gives."""
+
+        class Unreadable(dict):  # type: ignore[type-arg]
+            def items(self) -> Any:
+                raise RuntimeError("no items")
+
+        mapper = RecordMapper()
+        captured = mapper.capture(make_record(user_id="u1", properties=Unreadable(a=[1])))
+        assert captured is not None
+        with pytest.raises(InvalidMessage) as caught:
+            mapper.encode(captured)
+        assert caught.value.reason == "properties could not be read: RuntimeError: no items"
+
+    def test_encode_raises_nothing_but_invalid_message(self) -> None:
+        """Whatever a value raises as the message is built becomes an InvalidMessage, the error
+        as its cause: the worker reports it and goes on."""
+
+        class NoClass:
+            @property  # type: ignore[misc]
+            def __class__(self) -> Any:
+                raise RuntimeError("no class")
+
+        mapper = RecordMapper()
+        captured = mapper.capture(make_record(user_id=NoClass()))
+        assert captured is not None
+        with pytest.raises(
+            InvalidMessage, match=r"^could not build the message: RuntimeError"
+        ) as caught:
+            mapper.encode(captured)
+        assert isinstance(caught.value.__cause__, RuntimeError)
+
     def test_nesting_is_cut_at_the_same_depth(self) -> None:
         """Deeper than 64 becomes "<too deep>" on every path, orjson's own limit aside."""
         nested: Any = "leaf"

@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 import segmentio_logging
-from segmentio_logging import Client, MessageTooLarge
+from segmentio_logging import Client, InvalidMessage, MessageTooLarge
 from segmentio_logging.testing import LocalCollector
 
 from .helpers import Recorder
@@ -179,11 +179,50 @@ class TestValidation:
     def test_an_invalid_call_raises_value_error(
         self, kind: str, kwargs: Dict[str, Any], fragment: str, make_client: Any
     ) -> None:
-        """A call Segment would reject raises ValueError on the caller's thread, saying why."""
-        client = make_client()
-        with pytest.raises(ValueError, match=fragment):
+        """A call Segment would reject raises ValueError on the caller's thread, saying why;
+        it is queued nowhere, counted as dropped and reported to on_failure, as a log
+        record would be."""
+        failures = Recorder()
+        client = make_client(on_failure=failures)
+        with pytest.raises(ValueError, match=fragment) as raised:
             getattr(client, kind)(**kwargs)
-        assert client.stats()["enqueued"] == 0
+        stats = client.stats()
+        assert (stats["enqueued"], stats["dropped"], stats["pending"]) == (1, 1, 0)
+        [(data, error)] = failures.calls
+        assert error is raised.value
+        assert data == [{"type": kind, **kwargs}]
+
+    def test_a_value_that_raises_as_it_is_read_is_an_invalid_message(
+        self, make_client: Any
+    ) -> None:
+        """An id whose __eq__ raises, traits whose items() raises an error whose str() raises
+        too: InvalidMessage, never what they raised, counted and reported."""
+
+        class Unspeakable(Exception):
+            def __str__(self) -> str:
+                raise RuntimeError("no text")
+
+        class NoEq:
+            def __eq__(self, other: object) -> bool:
+                raise RuntimeError("no eq")
+
+            __ne__ = __eq__  # type: ignore[assignment]
+            __hash__ = object.__hash__
+
+        class NoItems(dict):  # type: ignore[type-arg]
+            def items(self) -> Any:
+                raise Unspeakable()
+
+        failures = Recorder()
+        client = make_client(on_failure=failures)
+        with pytest.raises(InvalidMessage, match=r"^could not build the message: RuntimeError"):
+            client.track(session_id=NoEq(), anonymous_id="a1", event="E")
+        with pytest.raises(InvalidMessage) as raised:
+            client.identify(user_id="u1", traits=NoItems(a=1))
+        assert raised.value.reason == "traits could not be read: Unspeakable: Unspeakable()"
+        assert isinstance(raised.value.__cause__, Unspeakable)
+        assert client.stats()["dropped"] == 2
+        assert [type(error) for _, error in failures.calls] == [InvalidMessage] * 2
 
     def test_session_id_and_the_same_anonymous_id_are_accepted(
         self, make_client: Any, collector: LocalCollector

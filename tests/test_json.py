@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -247,6 +248,104 @@ class TestToJsonSafe:
         value = {"s": {1, 2}, "t": (1,), "n": math.inf}
         to_json_safe(value)
         assert value["s"] == {1, 2} and value["t"] == (1,) and value["n"] == math.inf
+
+
+def _pairs_once(pairs: List[Any]) -> Dict[str, Any]:
+    """An object_pairs_hook that refuses a key written twice."""
+    keys = [key for key, _ in pairs]
+    assert len(keys) == len(set(keys)), f"a key written twice: {keys}"
+    return dict(pairs)
+
+
+class TextKey(str):
+    """A str key unequal to the str of the same text beside it."""
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    __hash__ = str.__hash__
+
+
+class TestKeysWrittenOnce:
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            ({1: "a", "1": "b"}, '{"1":"b"}'),
+            ({"1": "b", 1: "a"}, '{"1":"b"}'),
+            ({"x": 0, True: "a", "true": "b"}, '{"x":0,"true":"b"}'),
+            ({None: "a", "null": "b", 2.5: "c", "2.5": "d"}, '{"null":"b","2.5":"d"}'),
+            ({TextKey("k"): "a", "k": "b"}, '{"k":"b"}'),
+            ({1: "int", b"1": "bytes", 2: "two"}, '{"1":"bytes","2":"two"}'),
+            ([{1: "a", "1": "b"}, ({0: 1, "0": 2},)], '[{"1":"b"},[{"0":2}]]'),
+        ],
+        ids=["int", "str-first", "bool", "none-float", "str-subclass", "no-str-key", "nested"],
+    )
+    def test_keys_with_one_text_give_one_key(self, value: Any, expected: str) -> None:
+        """Keys that are the same once written as text give one key, where the first stood:
+        a str key wins over the others, else the last one wins."""
+        assert dumps(value) == expected
+        assert json.dumps(to_json_safe(value), separators=(",", ":")) == expected
+
+    def test_keys_are_written_once_in_converted_values(self) -> None:
+        """A mapping, a dataclass or an enum that converts to a dict with such keys, anywhere
+        in a message, gives one key too."""
+        from collections import UserDict
+
+        @dataclasses.dataclass
+        class Holder:
+            inner: Any
+
+        value = {"m": UserDict({1: "a", "1": "b"}), "d": Holder({2: "a", "2": "b"}), "ok": 1}
+        message = build_message("track", user_id="u", event="E", properties=value)
+        properties = json.loads(encode(message), object_pairs_hook=_pairs_once)["properties"]
+        assert properties == {"m": {"1": "b"}, "d": {"inner": {"2": "b"}}, "ok": 1}
+
+    def test_plain_json_is_the_json_of_what_json_writes_as_it_is(self) -> None:
+        """plain_json gives the JSON of plain containers (values converted), and None for those
+        that need to_json_safe: keys that are not strings, subclasses, NaN, cycles."""
+        loop: List[Any] = []
+        loop.append(loop)
+        assert _json.plain_json({"a": [1, "x"], "d": dt.date(2026, 1, 2)}) == (
+            '{"a":[1,"x"],"d":"2026-01-02"}'
+        )
+        for value in ({1: "a"}, {"a": TextKey("b"), TextKey("k"): 1}, {"n": math.nan}, loop):
+            assert _json.plain_json(value) is None
+        assert _json.plain_json({"a": Point(1, 2)}) == '{"a":{"x":1,"y":2}}'
+        assert _json.plain_json("not a container") is None
+
+
+class _NoClass:
+    """An object whose __class__ raises: isinstance() of it raises too."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> Any:
+        raise RuntimeError("no class")
+
+    def __str__(self) -> str:
+        return "no class"
+
+
+class _Unspeakable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+    __repr__ = __str__
+
+
+class TestNeverRaises:
+    def test_objects_whose_isinstance_raises(self) -> None:
+        """to_json_safe and dumps write an object whose isinstance() raises as its str()."""
+        value = {"a": [_NoClass(), math.nan], "b": _NoClass()}
+        assert to_json_safe(value) == {"a": ["no class", None], "b": "no class"}
+        assert json.loads(dumps(value)) == {"a": ["no class", None], "b": "no class"}
+
+    def test_error_text_of_an_error_whose_text_raises(self) -> None:
+        """error_text names the error and its text, a placeholder when str() of it raises."""
+
+        assert _json.error_text(ValueError("bad")) == "ValueError: bad"
+        assert _json.error_text(_Unspeakable()) == (
+            "_Unspeakable: <unprintable _Unspeakable object>"
+        )
 
 
 class TestEncode:

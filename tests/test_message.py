@@ -218,6 +218,87 @@ class TestBuildMessage:
         assert isinstance(caught.value, ValueError)
         assert caught.value.reason == str(caught.value)
 
+    def test_a_mapping_that_cannot_be_read_is_invalid(self) -> None:
+        """A mapping whose iteration raises, as properties: InvalidMessage naming the field,
+        the error as its cause."""
+        from collections.abc import Mapping
+
+        class Unreadable(Mapping):  # type: ignore[type-arg]
+            def __getitem__(self, key: Any) -> Any:
+                raise KeyError(key)
+
+            def __iter__(self) -> Any:
+                raise RuntimeError("no iteration")
+
+            def __len__(self) -> int:
+                return 1
+
+        with pytest.raises(InvalidMessage) as caught:
+            build_message("track", user_id="u", event="E", properties=Unreadable())
+        assert caught.value.reason == "properties could not be read: RuntimeError: no iteration"
+        assert isinstance(caught.value.__cause__, RuntimeError)
+
+    def test_a_dict_subclass_is_read_through_its_items(self) -> None:
+        """A dict subclass becomes what its own items() gives; an items() that raises makes the
+        message invalid."""
+
+        class Renamed(dict):  # type: ignore[type-arg]
+            def items(self) -> Any:
+                return [("renamed", 1)]
+
+        class Unreadable(dict):  # type: ignore[type-arg]
+            def items(self) -> Any:
+                raise RuntimeError("no items")
+
+        message = build_message("identify", user_id="u", traits=Renamed(a=1))
+        assert message["traits"] == {"renamed": 1}
+        with pytest.raises(InvalidMessage, match=r"^traits could not be read: RuntimeError"):
+            build_message("identify", user_id="u", traits=Unreadable(a=1))
+
+    def test_strings_are_read_as_the_text_they_hold(self) -> None:
+        """Ids, event names and message ids that are str subclasses are read as their text,
+        not through their own methods, which may raise."""
+
+        class Sly(str):
+            def __str__(self) -> str:
+                raise RuntimeError("no str")
+
+            def __eq__(self, other: object) -> bool:
+                raise RuntimeError("no eq")
+
+            def __len__(self) -> int:
+                raise RuntimeError("no len")
+
+            __hash__ = str.__hash__
+
+        message = build_message(
+            "track", user_id=Sly("u1"), event=Sly("E"), message_id=Sly("m-1"), properties={}
+        )
+        assert (message["userId"], message["event"], message["messageId"]) == ("u1", "E", "m-1")
+        assert all(type(message[key]) is str for key in ("userId", "event", "messageId"))
+        with pytest.raises(InvalidMessage, match="track needs an event name"):
+            build_message("track", user_id="u1", event=Sly(""))
+
+    def test_the_type_is_read_as_the_text_it_holds(self) -> None:
+        """segment_type is compared as its text; an object that is not a string is refused,
+        whatever its __eq__ says."""
+
+        class Sly(str):
+            def __eq__(self, other: object) -> bool:
+                raise RuntimeError("no eq")
+
+            __hash__ = str.__hash__
+
+        class Track:
+            def __eq__(self, other: object) -> bool:
+                raise RuntimeError("no eq")
+
+            __hash__ = object.__hash__
+
+        assert build_message(Sly("track"), user_id="u", event="E")["type"] == "track"
+        with pytest.raises(InvalidMessage, match="segment_type must be one of"):
+            build_message(Track(), user_id="u", event="E")  # type: ignore[arg-type]
+
     def test_properties_mapping_is_accepted(self) -> None:
         """Any Mapping works as properties; it becomes a plain dict."""
         from types import MappingProxyType

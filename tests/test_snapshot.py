@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from typing import Any, Dict, List
 
 import pytest
@@ -11,8 +12,8 @@ import pytest
 from segmentio_logging import InvalidMessage
 from segmentio_logging._capture import RecordMapper
 from segmentio_logging._json import MAX_DEPTH
-from segmentio_logging._message import encode
-from segmentio_logging._snapshot import MUTABLE_FIELDS, snapshot
+from segmentio_logging._message import build_message, encode
+from segmentio_logging._snapshot import MUTABLE_FIELDS, snapshot, snapshot_value
 
 from . import helpers
 from .helpers import (
@@ -72,6 +73,74 @@ class TestSnapshot:
             copy = copy[0]
             depth += 1
         assert (depth, copy) == (MAX_DEPTH, "<too deep>")
+
+
+class _NoItems(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        raise RuntimeError("no items")
+
+
+class _NoIter(list):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        raise RuntimeError("no iteration")
+
+    def __repr__(self) -> str:
+        return "<no iteration>"
+
+
+class _NoIterMapping(Mapping):  # type: ignore[type-arg]
+    def __getitem__(self, key: Any) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Any:
+        raise RuntimeError("no iteration")
+
+    def __len__(self) -> int:
+        return 1
+
+    def __str__(self) -> str:
+        return "unreadable mapping"
+
+
+class TestUnreadable:
+    def test_a_field_that_cannot_be_read_raises(self) -> None:
+        """A field whose items() or iteration raises: snapshot raises what it raised."""
+        for field in (_NoItems(a=1), _NoIter([1]), _NoIterMapping()):
+            with pytest.raises(RuntimeError, match=r"^no (items|iteration)$"):
+                snapshot(field)
+
+    def test_a_value_inside_that_cannot_be_read_becomes_its_str(self) -> None:
+        """Inside a field, what cannot be read becomes its str(), as the encoder writes it;
+        the same object met twice becomes the same text."""
+        unreadable = _NoIter([1])
+        copy = snapshot(
+            {"d": _NoItems(a=1), "l": [unreadable, unreadable], "m": (_NoIterMapping(),)}
+        )
+        assert copy == {"d": "{'a': 1}", "l": ["<no iteration>"] * 2, "m": ("unreadable mapping",)}
+        assert encode(build_message("track", user_id="u", event="E", properties=copy))
+
+    def test_a_key_whose_hash_raises_inside_a_field(self) -> None:
+        """A key that raises when hashed again makes its own dict unreadable, not the field."""
+
+        class Flaky:
+            hashed = 0
+
+            def __hash__(self) -> int:
+                Flaky.hashed += 1
+                if Flaky.hashed > 1:
+                    raise RuntimeError("no hash")
+                return 1
+
+            def __repr__(self) -> str:
+                return "Flaky()"
+
+        inner = {Flaky(): 1}
+        assert snapshot({"inner": inner, "ok": [2]}) == {"inner": "{Flaky(): 1}", "ok": [2]}
+
+    def test_snapshot_value_never_raises(self) -> None:
+        """snapshot_value, for a value that goes inside a field, gives its str() instead."""
+        assert snapshot_value(_NoIter([1])) == "<no iteration>"
+        assert snapshot_value({"a": [1]}) == {"a": [1]}
 
 
 class TestSnapshotAtCapture:

@@ -29,6 +29,24 @@ def tz(hours: float) -> dt.timezone:
     return dt.timezone(dt.timedelta(hours=hours))
 
 
+class _NoOffset(dt.tzinfo):
+    def utcoffset(self, when: Any) -> dt.timedelta:
+        raise RuntimeError("no offset")
+
+    def dst(self, when: Any) -> dt.timedelta:
+        return dt.timedelta(0)
+
+
+class _NoFloat(float):
+    def __float__(self) -> float:
+        raise RuntimeError("no float")
+
+
+class _NoStrip(str):
+    def strip(self, chars: Any = None) -> str:
+        raise RuntimeError("no strip")
+
+
 class TestNormalizeTimestamp:
     @pytest.mark.parametrize(
         ("value", "expected"),
@@ -86,6 +104,24 @@ class TestNormalizeTimestamp:
         """An unparseable, out-of-range or mistyped timestamp raises InvalidMessage saying so."""
         with pytest.raises(InvalidMessage, match=reason):
             normalize_timestamp(value)
+
+    @pytest.mark.parametrize(
+        ("value", "reason"),
+        [
+            (dt.datetime(2026, 1, 2, tzinfo=_NoOffset()), "RuntimeError: no offset"),
+            (_NoFloat(1.5), "RuntimeError: no float"),
+        ],
+    )
+    def test_a_value_that_raises_as_it_is_read_is_invalid(self, value: Any, reason: str) -> None:
+        """A tzinfo whose utcoffset() raises, a number whose __float__ raises: InvalidMessage,
+        with what it raised in the reason and as the cause."""
+        with pytest.raises(InvalidMessage, match=f"^timestamp could not be read: {reason}$") as e:
+            normalize_timestamp(value)
+        assert isinstance(e.value.__cause__, RuntimeError)
+
+    def test_a_string_is_read_as_the_text_it_holds(self) -> None:
+        """A str subclass is parsed by its text, not through its own methods."""
+        assert normalize_timestamp(_NoStrip(" 2026-01-02T03:04:05Z ")) == "2026-01-02T03:04:05.000Z"
 
 
 class TestFormatTimestamp:
