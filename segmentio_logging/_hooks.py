@@ -10,7 +10,7 @@ import copy
 from typing import Any, Dict, Optional
 
 from ._errors import Filtered, InvalidMessage
-from ._json import decode_json
+from ._json import decode_json, error_text
 from ._message import Encode, Encoded
 from ._message import encode as encode_message
 from ._options import BeforeSend
@@ -73,7 +73,7 @@ def _call_before_send(before_send: BeforeSend, message: Dict[str, Any]) -> Dict[
     try:
         result = before_send(message)
     except Exception as exc:  # the user's code: drop this message, report, go on
-        raise InvalidMessage(f"before_send raised {type(exc).__name__}: {exc}") from exc
+        raise InvalidMessage(f"before_send raised {error_text(exc)}") from exc
     if result is None:
         raise Filtered
     if not isinstance(result, dict):

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from . import _report
 from ._errors import DeliveryError, QueueFull, SegmentError
-from ._json import decode_json
+from ._json import decode_json, error_text, safe_str
 from ._lifecycle import marked_busy
 from ._transport import Response
 
@@ -165,8 +165,8 @@ def call(callback: Optional[Callback], data: Any, arg: Any) -> None:
         with marked_busy():  # what the callback logs is not fed back
             callback(data, arg)
     except Exception as exc:
-        name = getattr(callback, "__qualname__", repr(callback))
-        _report.warn(f"callback-{name}", f"callback {name} raised {type(exc).__name__}: {exc}")
+        name = safe_str(getattr(callback, "__qualname__", None) or safe_str(callback))
+        _report.warn(f"callback-{name}", f"callback {name} raised {error_text(exc)}")
 
 
 def transport_failure(count: int, exc: Exception) -> DeliveryError:
@@ -174,7 +174,7 @@ def transport_failure(count: int, exc: Exception) -> DeliveryError:
     goes on."""
     return DeliveryError(
         f"{count} message{'s' if count != 1 else ''} not delivered: "
-        f"the transport raised {type(exc).__name__}: {exc}",
+        f"the transport raised {error_text(exc)}",
         count=count,
         attempts=0,
     )

@@ -26,6 +26,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 from . import _lifecycle, _report
 from ._delivery import Batch, Delivery, MemoryDelivery
 from ._errors import ClosedError, DeliveryError, Filtered, InvalidMessage, SegmentError
+from ._json import error_text
 from ._lifecycle import CLOSE_GRACE, marked_busy, may_wait
 from ._message import Encode, Encoded
 from ._outcomes import Callback, Callbacks, Ledger, messages_of, transport_failure
@@ -216,7 +217,7 @@ class Pipeline:
                     delivery.end()
                     return
             except Exception as exc:  # pragma: no cover - a dead worker would lose everything
-                _report.warn(f"worker-{self.serial}", f"worker error {type(exc).__name__}: {exc}")
+                _report.warn(f"worker-{self.serial}", f"worker error {error_text(exc)}")
 
     # ------------------------------------------------------------------ for the delivery
 
@@ -253,7 +254,7 @@ class Pipeline:
                 continue
             except Exception as exc:
                 if not isinstance(exc, SegmentError):  # a bug or a hostile object: report
-                    reason = f"could not build the message: {type(exc).__name__}: {exc}"
+                    reason = f"could not build the message: {error_text(exc)}"
                     exc = InvalidMessage(reason)
                 self._refuse(item, exc)
                 dropped += 1

@@ -10,6 +10,7 @@ import pytest
 from segmentio_logging import DeliveryError, InvalidMessage, QueueFull
 from segmentio_logging._outcomes import Callbacks, Ledger, call, messages_of, transport_failure
 from segmentio_logging._transport import Response
+from segmentio_logging.testing import LocalCollector
 
 from .helpers import Recorder
 
@@ -141,3 +142,40 @@ def test_transport_failure_is_a_delivery_error_for_the_whole_batch() -> None:
     assert isinstance(error, DeliveryError)
     assert (error.count, error.attempts) == (5, 0)
     assert "5 messages not delivered: the transport raised RuntimeError: boom" == error.reason
+
+
+class Unprintable(Exception):
+    """An exception whose own str() raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_a_callback_raising_an_unprintable_error_is_reported(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """call() reports even an exception whose str() raises, and raises nothing itself."""
+
+    def broken(data: Any, arg: Any) -> None:
+        raise Unprintable()
+
+    call(broken, [], None)
+    assert "broken raised Unprintable" in capsys.readouterr().err
+
+
+def test_a_batch_whose_callback_raises_an_unprintable_error_settles(
+    collector: LocalCollector,
+) -> None:
+    """The worker settles the batch and flush() returns True (it once stayed pending)."""
+    from segmentio_logging import Client
+
+    def broken(data: Any, response: Any) -> None:
+        raise Unprintable()
+
+    client = Client("k", host=collector.url, on_success=broken, flush_interval=0.05)
+    try:
+        assert client.track(None, "u1", "Played")
+        assert client.flush(10) is True
+        assert client.stats()["delivered"] == 1
+    finally:
+        client.shutdown(2)

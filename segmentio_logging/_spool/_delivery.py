@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .. import _report
 from .._delivery import Host
 from .._errors import DeliveryError, SpoolError
-from .._json import decode_json
+from .._json import decode_json, error_text
 from .._lifecycle import CLOSE_GRACE, busy_threads, end_of, marked_busy
 from .._transport import Response, is_retryable
 from ._counted import CountedSpool
@@ -235,7 +235,7 @@ class SpoolDelivery:
                 if closing:
                     return
             except Exception as exc:  # pragma: no cover - a dead sender would deliver nothing
-                _report.warn(f"sender-{host.serial}", f"sender error {type(exc).__name__}: {exc}")
+                _report.warn(f"sender-{host.serial}", f"sender error {error_text(exc)}")
                 with host.ledger.lock:
                     if self._writer_done:
                         return
