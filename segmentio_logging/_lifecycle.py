@@ -1,4 +1,4 @@
-"""The process around the pipelines: the busy-thread guard, fork and exit hooks.
+"""The process around the pipelines: the busy-thread guard, fork, exit and signal hooks.
 
 Pipelines register here; at a fork the child resets them (the parent's threads
 do not exist there), at exit (``atexit``, or a ``multiprocessing`` child's
@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from typing import Callable, Iterator, List, Optional, Protocol, Set
+from typing import Any, Callable, Iterator, List, Optional, Protocol, Set
 
 from . import _report
 
@@ -82,6 +82,8 @@ _live: weakref.WeakSet[Closable] = weakref.WeakSet()
 def register(pipeline: Closable) -> None:
     """Close ``pipeline`` at exit and reset it in a forked child, while it lives."""
     _live.add(pipeline)
+    if _in_multiprocessing_child():
+        _add_exit_finalizer(None)  # first imported in the child: no after-fork callback ran
 
 
 _child_resets: List[Callable[[], None]] = []
@@ -135,11 +137,16 @@ def close_all() -> None:
         pipeline.wait_closed()
 
 
+# ---------------------------------------------------------------------- multiprocessing
+
+
 class _Token:
     """A weak-referenceable key for ``multiprocessing.util.register_after_fork``."""
 
 
 _token = _Token()
+_after_fork_callback_pid: Optional[int] = None
+_exit_finalizer: Any = None  # the multiprocessing.util.Finalize that runs close_all
 
 
 def _close_at_multiprocessing_exit() -> None:
@@ -148,22 +155,48 @@ def _close_at_multiprocessing_exit() -> None:
     Its bootstrap clears the finalizers it inherited and then runs the after-fork
     callbacks; the callback registered here adds the finalizer that closes every
     pipeline, so a worker process delivers what it logged without calling flush.
+    Registered at import too: a ``spawn`` or ``forkserver`` child imports its main
+    module (and so this package) before its bootstrap runs.
     """
+    global _after_fork_callback_pid
     util = sys.modules.get("multiprocessing.util")
-    if util is None:
+    if util is None or _after_fork_callback_pid == os.getpid():
         return
     try:
         util.register_after_fork(_token, _add_exit_finalizer)
+        _after_fork_callback_pid = os.getpid()
     except Exception:  # pragma: no cover - a changed private API must not break the child
         pass
 
 
+def _in_multiprocessing_child() -> bool:
+    """True in a process that ``multiprocessing`` started, once its bootstrap began.
+
+    Up to Python 3.12 such a process ends with ``os._exit`` after its finalizers
+    (and a ``forkserver`` child never had this package imported before it forked:
+    it imports it in a pool initializer or a task).
+    """
+    process = sys.modules.get("multiprocessing.process")
+    parent_process = getattr(process, "parent_process", None)
+    return parent_process is not None and parent_process() is not None
+
+
 def _add_exit_finalizer(_: object) -> None:
+    """Close every pipeline from multiprocessing's exit finalizers, once per process."""
+    global _exit_finalizer
     util = sys.modules.get("multiprocessing.util")
-    if util is not None:
-        util.Finalize(None, close_all, exitpriority=0)
+    if util is None:
+        return
+    finalizer = _exit_finalizer
+    if finalizer is not None and finalizer.still_active():
+        return  # already there (the bootstrap empties the registry a fork inherited)
+    try:
+        _exit_finalizer = util.Finalize(None, close_all, exitpriority=0)
+    except Exception:  # pragma: no cover - a changed private API must not break the child
+        pass
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=after_fork_in_child)
 atexit.register(close_all)
+_close_at_multiprocessing_exit()

@@ -1,13 +1,18 @@
-"""Tests for ``_lifecycle``: the busy-thread guard, deadlines, and the exit and fork hooks."""
+"""Tests for ``_lifecycle``: the busy-thread guard, deadlines, and the exit and fork hooks.
+
+multiprocessing's exit is also tested end to end, in subprocesses: ``test_pools.py``.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import multiprocessing.process
+import multiprocessing.util
 import threading
 import time
 import weakref
-from typing import List, Optional
+from typing import Any, Iterator, List, Optional
 
 import pytest
 
@@ -147,3 +152,75 @@ def test_after_fork_in_child_resets_pipelines_then_runs_the_resets_once_per_proc
         assert busy not in _lifecycle.busy_threads  # the parent's threads do not exist here
     finally:
         _lifecycle.busy_threads.discard(busy)
+
+
+# ---------------------------------------------------------------------- multiprocessing
+
+
+@pytest.fixture
+def no_exit_finalizer(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No exit finalizer yet; whatever a test adds to multiprocessing's registry is removed."""
+    monkeypatch.setattr(_lifecycle, "_exit_finalizer", None)
+    finalizers = dict(multiprocessing.util._finalizer_registry)  # type: ignore[attr-defined]
+    yield
+    registry = multiprocessing.util._finalizer_registry  # type: ignore[attr-defined]
+    for key in [key for key in registry if key not in finalizers]:
+        del registry[key]
+
+
+def exit_finalizers() -> List[Any]:
+    registry = multiprocessing.util._finalizer_registry  # type: ignore[attr-defined]
+    return [f for f in registry.values() if f._callback is _lifecycle.close_all]
+
+
+@pytest.mark.usefixtures("no_live", "no_exit_finalizer")
+def test_a_pipeline_of_a_multiprocessing_child_is_closed_by_one_exit_finalizer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a process multiprocessing started, register adds one finalizer that closes all."""
+    monkeypatch.setattr(multiprocessing.process, "_parent_process", object())
+    calls: List[str] = []
+    first, second = FakePipeline(calls, "a"), FakePipeline(calls, "b")
+    _lifecycle.register(first)
+    _lifecycle.register(second)
+    [finalizer] = exit_finalizers()
+    finalizer()  # what multiprocessing's exit function runs before os._exit
+    assert sorted(calls) == ["begin a", "begin b", "wait a", "wait b"]
+
+
+@pytest.mark.usefixtures("no_live", "no_exit_finalizer")
+def test_a_pipeline_of_the_main_process_adds_no_exit_finalizer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Outside a multiprocessing child, atexit closes the pipelines: no finalizer."""
+    monkeypatch.setattr(multiprocessing.process, "_parent_process", None)
+    _lifecycle.register(FakePipeline([], "a"))
+    assert exit_finalizers() == []
+
+
+@pytest.mark.usefixtures("no_exit_finalizer")
+def test_the_exit_finalizer_is_added_again_once_the_bootstrap_cleared_it() -> None:
+    """A child's bootstrap empties the registry it inherited: the callback adds it back."""
+    _lifecycle._add_exit_finalizer(None)
+    _lifecycle._add_exit_finalizer(None)
+    [finalizer] = exit_finalizers()
+    finalizer.cancel()  # as the bootstrap's clear() leaves it: no longer active
+    _lifecycle._add_exit_finalizer(None)
+    assert len(exit_finalizers()) == 1
+
+
+def test_the_after_fork_callback_is_registered_once_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The callback that adds the finalizer in a child's bootstrap is registered once."""
+    registry = multiprocessing.util._afterfork_registry  # type: ignore[attr-defined]
+    before = set(registry)
+    monkeypatch.setattr(_lifecycle, "_after_fork_callback_pid", None)
+    try:
+        _lifecycle._close_at_multiprocessing_exit()
+        _lifecycle._close_at_multiprocessing_exit()
+        added = [key for key in registry if key not in before]
+        assert [key[2] for key in added] == [_lifecycle._add_exit_finalizer]
+    finally:
+        for key in [key for key in registry if key not in before]:
+            del registry[key]
