@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from segmentio_logging import Client, InvalidMessage, SegmentHandler
+from segmentio_logging._segment import RESERVED_FIELDS, SESSION_ID
 from segmentio_logging.testing import LocalCollector, Request
 
 from . import helpers
@@ -361,23 +362,8 @@ _NEEDS = {
     "screen": {"user_id": "u1"},
 }
 # What a log record may carry in ``extra``: the reserved keys, and one of its own.
-_EXTRA_KEYS = (
-    "user_id",
-    "anonymous_id",
-    "session_id",
-    "event",
-    "properties",
-    "traits",
-    "context",
-    "integrations",
-    "timestamp",
-    "message_id",
-    "group_id",
-    "previous_id",
-    "category",
-    "segment_type",
-    "basket",
-)
+# Every reserved key, the original client's name for anonymous_id, and one of the app's own.
+_EXTRA_KEYS = (*sorted(RESERVED_FIELDS), SESSION_ID, "basket")
 
 
 @st.composite
