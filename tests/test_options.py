@@ -43,7 +43,6 @@ DEFAULTS: Dict[str, Any] = {
     "spool_max_age": None,
     "before_send": None,
     "default_context": {},
-    "handle_sigterm": True,
 }
 
 # One valid value per option, as a keyword argument and as the environment spells it.
@@ -74,7 +73,6 @@ VALID = [
         '{"app": {"version": "1.2"}}',
         {"app": {"version": "1.2"}},
     ),
-    ("handle_sigterm", False, "off", False),
 ]
 
 # The examples above by option name, for the tests that run over the table of options.
@@ -110,7 +108,6 @@ INVALID = [
     ("default_context", {1: "x"}, TypeError),
     ("default_context", {"when": object()}, TypeError),
     ("default_context", "{not json", ValueError),
-    ("handle_sigterm", "later", TypeError),
     ("field_names", {"not_reserved": "x"}, ValueError),
     ("field_names", {"user_id": "not an identifier"}, ValueError),
     ("field_names", {"user_id": "msg"}, ValueError),
