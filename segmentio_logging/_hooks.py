@@ -23,11 +23,11 @@ def with_hooks(
 ) -> Encode:
     """``encode`` followed by the hooks, or ``encode`` itself when there are none.
 
-    The message is decoded when only its bytes were made, ``default_context`` is
-    merged under its own ``context`` (nested dicts merged, the message's values
-    winning), ``before_send``
-    gets it and returns what to send, and the result is encoded again, its size
-    checked. Raises :class:`Filtered` when ``before_send`` returns None, and
+    The message is decoded when only its bytes were made (or for ``before_send``,
+    which gets a dict of its own), ``default_context`` is merged under its own
+    ``context`` (nested dicts merged, the message's values winning),
+    ``before_send`` returns what to send, and the result is encoded again, its
+    size checked. Raises :class:`Filtered` when ``before_send`` returns None, and
     :class:`InvalidMessage` when it raises or returns something else than a dict.
     """
     if before_send is None and not default_context:
