@@ -1,5 +1,6 @@
-"""Helpers shared by the test suite: free and closed ports, a callback recorder; for the
-mapping and JSON tests, both JSON backends, log records, values and Hypothesis strategies."""
+"""Helpers shared by the test suite: free and closed ports, a callback recorder, the pages of
+the documentation; for the mapping and JSON tests, both JSON backends, log records, values and
+Hypothesis strategies."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import logging
 import re
 import socket
 import threading
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
@@ -50,6 +52,46 @@ class Recorder:
     def __call__(self, data: Any, arg: Any) -> None:
         self.calls.append((data, arg))
         self.event.set()
+
+
+# --------------------------------------------------------------------------- the documentation
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADING = re.compile(r"^#{1,6}\s+(?P<title>.+?)\s*#*\s*$")
+CODE_FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def doc_pages() -> List[Path]:
+    """README.md and every Markdown page under docs/, in a stable order."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def doc_name(page: Path) -> str:
+    """A page's path from the repository root, as tracebacks and messages name it."""
+    return page.relative_to(ROOT).as_posix()
+
+
+def section_code(title: str) -> Tuple[Path, str]:
+    """The first ``python`` block under the heading ``title``, on the one page that has it.
+
+    The code is prefixed by blank lines, so that a traceback gives the page's line numbers.
+    """
+    found = []
+    for page in doc_pages():
+        lines = page.read_text(encoding="utf-8").splitlines()
+        in_code = False
+        for index, line in enumerate(lines):
+            if CODE_FENCE.match(line):
+                in_code = not in_code
+                continue
+            heading = None if in_code else HEADING.match(line)
+            if heading is not None and heading.group("title") == title:
+                found.append((page, lines, index))
+    assert len(found) == 1, f"{len(found)} headings {title!r} in the docs, not one"
+    page, lines, index = found[0]
+    start = next(i for i in range(index, len(lines)) if lines[i].strip() == "```python") + 1
+    end = next(i for i in range(start, len(lines)) if CODE_FENCE.match(lines[i]))
+    return page, "\n" * start + "\n".join(lines[start:end]) + "\n"
 
 
 # --------------------------------------------------------------------------- mapping and JSON

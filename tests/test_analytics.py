@@ -9,7 +9,6 @@ import logging.handlers
 import os
 import re
 import warnings
-from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
@@ -19,9 +18,8 @@ import segmentio_logging.analytics as analytics
 from segmentio_logging import ClosedError, DeliveryError, InvalidMessage, MessageTooLarge, QueueFull
 from segmentio_logging.testing import LocalCollector, Reply
 
-from .helpers import Recorder, closed_url
+from .helpers import Recorder, closed_url, section_code
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 CALLS = ("identify", "track", "group", "alias", "page", "screen")
 # The official module's settings and their values before anything is set: None is unset.
 SETTINGS: Dict[str, Any] = {
@@ -329,13 +327,11 @@ class TestOfficialReadme:
         assert segment_env.messages == [message]
 
 
-class TestReadmeSection:
+class TestDocumentation:
     def test_the_switch_example_runs(self, segment_env: LocalCollector) -> None:
         """The first python block of "Coming from segment-analytics-python" runs as printed."""
-        text = README.read_text(encoding="utf-8")
-        section = text.split("## Coming from segment-analytics-python", 1)[1]
-        code = section.split("```python\n", 1)[1].split("```", 1)[0]
-        exec(compile(code, str(README), "exec"), {"__name__": "readme_analytics"})
+        page, code = section_code("Coming from segment-analytics-python")
+        exec(compile(code, str(page), "exec"), {"__name__": "readme_analytics"})
         analytics.flush()
 
         kinds = [m["type"] for m in segment_env.messages]

@@ -16,7 +16,7 @@ from segmentio_logging._hooks import Filtered, with_hooks
 from segmentio_logging._message import build_message, encode
 from segmentio_logging.testing import LocalCollector
 
-from .helpers import Recorder, identity_holds
+from .helpers import Recorder, identity_holds, section_code
 
 MakeHandler = Callable[..., SegmentHandler]
 
@@ -308,13 +308,11 @@ class TestThroughTheClient:
         assert seen == ["track", "identify"]
 
 
-def test_the_readme_example_scrubs_and_samples() -> None:
-    """The README's before_send example runs as printed and does what its comments say."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Scrub, sample, add context", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+def test_the_documented_example_scrubs_and_samples() -> None:
+    """The docs' before_send example runs as printed and does what its comments say."""
+    page, code = section_code("Scrub, sample, add context")
     namespace: Dict[str, Any] = {"__name__": "readme_hooks"}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, str(page), "exec"), namespace)
     handler = namespace["handler"]
     try:
         scrub = namespace["scrub_and_sample"]

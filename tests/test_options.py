@@ -21,6 +21,8 @@ from segmentio_logging._options import (
     resolve_options,
 )
 
+from .helpers import ROOT
+
 DEFAULTS: Dict[str, Any] = {
     "write_key": None,
     "host": "https://api.segment.io",
@@ -390,14 +392,14 @@ class TestDottedPaths:
             resolve_dotted("on_success", path)
 
 
-def test_the_readme_documents_every_option() -> None:
-    """Each option has a row in the README's option table, with its variable."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+def test_the_docs_document_every_option() -> None:
+    """Each option has a row in the option table of docs/options.md, with its variable."""
+    page = (ROOT / "docs" / "options.md").read_text(encoding="utf-8")
     rows = {
         line.split("|")[1].strip().strip("`"): line
-        for line in readme.splitlines()
+        for line in page.splitlines()
         if line.startswith("| `")
     }
     for name in OPTION_NAMES:
-        assert name in rows, f"README.md: no row for option {name}"
-        assert f"`{env_var(name)}`" in rows[name], f"README.md: {name} without its variable"
+        assert name in rows, f"docs/options.md: no row for option {name}"
+        assert f"`{env_var(name)}`" in rows[name], f"docs/options.md: {name} without its variable"

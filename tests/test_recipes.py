@@ -1,6 +1,7 @@
-"""The README's recipes, each run as printed against a LocalCollector standing in for Segment.
+"""The documented recipes, each run as printed against a LocalCollector standing in for Segment.
 
-A recipe is the fenced block after ``<!-- recipe: NAME -->`` in README.md. The
+A recipe is the fenced block after ``<!-- recipe: NAME -->`` on any page of the
+documentation (README.md, ``docs/**/*.md``), its name used once across them. The
 write key and the host reach it through ``SEGMENT_WRITE_KEY`` and
 ``SEGMENT_HOST``, as in a deployment; nothing here talks to anything but 127.0.0.1.
 """
@@ -21,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar, Dict, Iterator, List, Set
+from typing import Any, ClassVar, Dict, Iterator, List, Set, Tuple
 
 import pytest
 
@@ -29,8 +30,8 @@ import segmentio_logging
 from segmentio_logging import SegmentHandler
 from segmentio_logging.testing import LocalCollector, Reply
 
-ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+from .helpers import ROOT, doc_name, doc_pages
+
 HELPERS = Path(__file__).resolve().parent / "recipes"
 WRITE_KEY = "recipe-key"
 GUNICORN = [sys.executable, "-m", "gunicorn"]
@@ -41,22 +42,29 @@ TAG = re.compile(r"^\s*<!--\s*recipe:\s*(?P<name>[^;\s]+)\s*(?:;[^>]*)?-->\s*$")
 FENCE = re.compile(r"^\s*```")
 
 
-def recipes() -> Dict[str, str]:
-    """Every tagged block of README.md by name, its code prefixed by blank lines.
+def recipes() -> Dict[str, Tuple[Path, str]]:
+    """Every tagged block of the docs by name: its page, and its code prefixed by blank lines.
 
-    The padding keeps the README's line numbers in tracebacks of the executed code.
+    The padding keeps the page's line numbers in tracebacks of the executed code.
     """
-    lines = README.read_text(encoding="utf-8").splitlines()
-    found: Dict[str, str] = {}
-    for index, line in enumerate(lines):
-        tag = TAG.match(line)
-        if tag is None:
-            continue
-        assert FENCE.match(lines[index + 1]), f"README.md:{index + 1}: no code block after the tag"
-        end = index + 2
-        while not FENCE.match(lines[end]):
-            end += 1
-        found[tag.group("name")] = "\n" * (index + 2) + "\n".join(lines[index + 2 : end]) + "\n"
+    found: Dict[str, Tuple[Path, str]] = {}
+    for page in doc_pages():
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for index, line in enumerate(lines):
+            tag = TAG.match(line)
+            if tag is None:
+                continue
+            where = f"{doc_name(page)}:{index + 1}"
+            assert FENCE.match(lines[index + 1]), f"{where}: no code block after the tag"
+            name = tag.group("name")
+            assert name not in found, (
+                f"{where}: recipe {name!r} already in {doc_name(found[name][0])}"
+            )
+            end = index + 2
+            while not FENCE.match(lines[end]):
+                end += 1
+            code = "\n" * (index + 2) + "\n".join(lines[index + 2 : end]) + "\n"
+            found[name] = (page, code)
     return found
 
 
@@ -64,13 +72,14 @@ RECIPES = recipes()
 
 
 def recipe(name: str) -> str:
-    return RECIPES[name]
+    return RECIPES[name][1]
 
 
 def run_recipe(name: str) -> Dict[str, Any]:
     """Execute a Python recipe in a fresh namespace; returns that namespace."""
     scope: Dict[str, Any] = {"__name__": f"readme_recipe_{name.replace('-', '_')}"}
-    exec(compile(recipe(name), str(README), "exec"), scope)
+    page, code = RECIPES[name]
+    exec(compile(code, str(page), "exec"), scope)
     return scope
 
 
@@ -210,9 +219,9 @@ def _close_new_handlers() -> Iterator[None]:
             handler.close()
 
 
-class TestReadme:
+class TestDocs:
     def test_every_recipe_is_run_here(self) -> None:
-        """Each tagged README block is one of the recipes this module runs."""
+        """Each tagged block of the docs is one of the recipes this module runs."""
         assert set(RECIPES) == {
             "dictconfig",
             "fileconfig/logging.ini",

@@ -1,4 +1,4 @@
-"""Celery settings for the README's ``tasks.py`` in tests: a broker and results in files.
+"""Celery settings for the Celery recipe's ``tasks.py`` in tests: a broker and results in files.
 
 kombu's filesystem transport lets a worker process and the test share a queue
 without a broker server; ``RECIPE_CELERY_DIR`` names the folder.

@@ -1,4 +1,4 @@
-"""The README's gunicorn ``app.py``, preloaded by an arbiter that has already logged an event.
+"""The gunicorn recipe's ``app.py``, preloaded by an arbiter that has already logged an event.
 
 With ``preload_app`` the arbiter imports this module before it forks the workers,
 so the workers inherit a handler whose queue holds a message and whose thread
@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-# The README's app.py, which the test writes next to gunicorn.conf.py.
+# The recipe's app.py, which the test writes next to gunicorn.conf.py.
 from app import app as readme_app  # type: ignore[import-not-found]
 
 logging.getLogger("shop").info("Arbiter Ready", extra={"anonymous_id": "gunicorn-arbiter"})
