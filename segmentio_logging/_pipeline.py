@@ -62,6 +62,7 @@ class Pipeline:
         on_success: Optional[Callback] = None,
         on_failure: Optional[Callback] = None,
         sync_mode: bool = False,
+        handle_sigterm: bool = False,
     ) -> None:
         self.transport = transport
         self.delivery: Delivery = MemoryDelivery() if delivery is None else delivery
@@ -78,7 +79,7 @@ class Pipeline:
         self.closed = False
         self._fresh_state()
         self.delivery.attach(self)  # may start the worker
-        _lifecycle.register(self)
+        _lifecycle.register(self, handle_sigterm=handle_sigterm)
 
     def _fresh_state(self) -> None:
         self._pid = os.getpid()
