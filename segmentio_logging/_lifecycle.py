@@ -108,12 +108,14 @@ def on_fork_in_child(reset: Callable[[], None]) -> None:
 
 def after_fork_in_child() -> None:
     """Everything a child must not inherit, once per process."""
-    global _reset_for_pid
+    global _reset_for_pid, _closing_on, _sigterm_closing, _sigterm_after_close
     pid = os.getpid()
     if pid == _reset_for_pid:
         return
     _reset_for_pid = pid
     busy_threads.clear()  # the parent's threads do not exist here
+    _closing_on = None  # nor a close they ran, nor a SIGTERM the parent was handling
+    _sigterm_closing = _sigterm_after_close = False
     _report.after_fork_in_child()
     for pipeline in list(_live):  # before the resets below restart any thread
         pipeline.after_fork_in_child()
@@ -133,8 +135,28 @@ def before_close_all(hook: Callable[[], None]) -> None:
     _before_close_all.append(hook)
 
 
+# The thread running close_all, while it runs (the SIGTERM handler must not close
+# again on top of it), and whether a SIGTERM came meanwhile, for close_all to raise.
+_closing_on: Optional[int] = None
+_sigterm_after_close = False
+
+
 def close_all() -> None:
     """At exit: close every live pipeline at once, each within its own shutdown_timeout."""
+    global _closing_on
+    if _closing_on is not None:
+        _closing_all()  # a nested call (a hook that exits, say): nothing to track
+        return
+    _closing_on = threading.get_ident()
+    try:
+        _closing_all()
+    finally:
+        _closing_on = None
+    if _sigterm_after_close and threading.current_thread() is threading.main_thread():
+        _die_of_sigterm()  # a SIGTERM came while this close ran: what it would have done
+
+
+def _closing_all() -> None:
     for hook in _before_close_all:
         try:
             hook()
@@ -197,6 +219,7 @@ def _add_exit_finalizer(_: object) -> None:
     util = sys.modules.get("multiprocessing.util")
     if util is None:
         return
+    _leave_sigterm_to_multiprocessing()
     finalizer = _exit_finalizer
     if finalizer is not None and finalizer.still_active():
         return  # already there (the bootstrap empties the registry a fork inherited)
@@ -227,6 +250,8 @@ def install_sigterm_handler() -> bool:
     if threading.current_thread() is not threading.main_thread():
         return False  # the next pipeline started on the main thread decides
     _sigterm_decided = True
+    if _in_multiprocessing_child():
+        return False  # SIGTERM is terminate() there: see _leave_sigterm_to_multiprocessing
     try:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return False
@@ -239,11 +264,42 @@ def install_sigterm_handler() -> bool:
 def close_then_die_of_sigterm(signum: int, frame: object) -> None:
     """The SIGTERM handler: close every pipeline within its shutdown_timeout (a spool
     keeps what is left), then raise SIGTERM again with the default disposition, so
-    the process ends as SIGTERM would have ended it (status -15, no atexit)."""
-    global _sigterm_closing
-    if not _sigterm_closing:  # a second SIGTERM during the close: die now
-        _sigterm_closing = True
-        _close_all_within_the_deadlines()
+    the process ends as SIGTERM would have ended it (status -15, no atexit).
+
+    When it interrupts the exit's own close (atexit, a multiprocessing child's
+    finalizers), that close goes on, and raises SIGTERM when it is done: a second
+    close on top of it could wait for locks the interrupted one holds. A second
+    SIGTERM during either close kills at once.
+    """
+    global _sigterm_closing, _sigterm_after_close
+    if _sigterm_closing or _sigterm_after_close:
+        _die_of_sigterm()
+    if _closing_on == threading.get_ident():
+        _sigterm_after_close = True
+        return
+    _sigterm_closing = True
+    _close_all_within_the_deadlines()
+    _die_of_sigterm()
+
+
+def _leave_sigterm_to_multiprocessing() -> None:
+    """In a multiprocessing child, SIGTERM is what ``terminate()`` sends to kill it now
+    (a ``with Pool()`` block ends with it): a fork child inherits the parent's hook,
+    which goes back to the default there. A Python handler would also wait for the
+    main thread, which may sit forever on a lock the pool's parent holds. The child
+    delivers at its normal end instead, from the exit finalizer.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is close_then_die_of_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except (ValueError, OSError):  # pragma: no cover - an interpreter without signals
+        pass
+
+
+def _die_of_sigterm() -> None:
+    """End the process as SIGTERM with the default disposition does."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.raise_signal(signal.SIGTERM)
 

@@ -339,6 +339,32 @@ class TestSigterm:
         assert collector.wait_for_messages(2000, timeout=5)  # each handler's 1,000
         assert indexes(collector) == sorted(list(range(1000)) * 2)
 
+    def test_a_sigterm_during_the_exit_close_lets_it_finish_then_kills(
+        self, collector: LocalCollector
+    ) -> None:
+        """SIGTERM while atexit closes, holding a lock the close needs: that close goes on,
+        delivers all, then the status is -15 (a second close on top would wait in vain)."""
+        setup = f"""
+import signal
+from segmentio_logging import _lifecycle
+handler = SegmentHandler("key", host=url, {QUEUED})
+log.addHandler(handler)
+"""
+        hook = """
+def sigterm_now():  # inside the exit's close_all, on the main thread
+    with handler._pipeline.ledger.lock:
+        signal.raise_signal(signal.SIGTERM)
+    print("the close went on", flush=True)
+
+_lifecycle.before_close_all(sigterm_now)
+"""
+        process = start(setup + LOG_1000 + hook, collector.url)
+        code, out, err = finish(process)
+        assert code == KILLED_BY_SIGTERM, err
+        assert out.strip() == "the close went on"
+        assert collector.wait_for_messages(1000, timeout=5)
+        assert indexes(collector) == list(range(1000))
+
     def test_a_second_sigterm_during_the_close_kills_at_once(
         self, collector: LocalCollector
     ) -> None:

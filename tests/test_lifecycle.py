@@ -279,6 +279,22 @@ def test_off_the_main_thread_the_choice_waits_for_the_main_thread() -> None:
     assert _lifecycle.install_sigterm_handler()
 
 
+@pytest.mark.usefixtures("sigterm_undecided")
+def test_a_multiprocessing_child_keeps_sigterm_for_terminate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a multiprocessing child nothing is installed, and an inherited hook is undone."""
+    monkeypatch.setattr(multiprocessing.process, "_parent_process", object())
+    assert not _lifecycle.install_sigterm_handler()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    signal.signal(signal.SIGTERM, _lifecycle.close_then_die_of_sigterm)  # as a fork inherits it
+    _lifecycle._leave_sigterm_to_multiprocessing()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    signal.signal(signal.SIGTERM, application_handler)
+    _lifecycle._leave_sigterm_to_multiprocessing()
+    assert signal.getsignal(signal.SIGTERM) is application_handler  # not ours: kept
+
+
 @pytest.mark.usefixtures("sigterm_undecided", "no_live")
 @pytest.mark.parametrize("handle_sigterm", [True, False])
 def test_register_installs_the_hook_only_when_asked(handle_sigterm: bool) -> None:

@@ -112,3 +112,47 @@ def test_every_event_logged_in_a_pool_is_delivered_by_its_end(
     total = TASKS * PER_TASK
     assert collector.wait_for_messages(total, timeout=10), len(collector.messages)
     assert sorted(m["properties"]["i"] for m in collector.messages) == list(range(total))
+
+
+# argv: the receiver's URL and the start method. The parent's handler installs the
+# SIGTERM hook there; each worker reports SIGTERM's disposition after its own.
+DISPOSITION_SCRIPT = """\
+import logging
+import multiprocessing
+import signal
+import sys
+
+from segmentio_logging import SegmentHandler
+
+URL, METHOD = sys.argv[1:3]
+
+
+def initializer(url):
+    logging.getLogger("pool").addHandler(SegmentHandler("key", host=url))
+
+
+def disposition(_):
+    handler = signal.getsignal(signal.SIGTERM)
+    return "default" if handler is signal.SIG_DFL else getattr(handler, "__name__", "?")
+
+
+if __name__ == "__main__":
+    logging.getLogger("main").addHandler(SegmentHandler("key", host=URL))
+    print(disposition(None))
+    with multiprocessing.get_context(METHOD).Pool(2, initializer, (URL,)) as pool:
+        print(" ".join(sorted(set(pool.map(disposition, range(8), chunksize=1)))))
+"""
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_pool_workers_keep_sigterm_for_terminate(
+    method: str, collector: LocalCollector, tmp_path: Path
+) -> None:
+    """Workers keep SIGTERM's default (terminate() kills them at once), even when forked
+    from a parent whose handler installed the SIGTERM hook."""
+    script = tmp_path / "disposition_script.py"
+    script.write_text(DISPOSITION_SCRIPT, encoding="utf-8")
+    process = launch(python(str(script), collector.url, method), child_env())
+    code, out, err = finish(process, timeout=60)
+    assert code == 0, err
+    assert out.split("\n")[:2] == ["close_then_die_of_sigterm", "default"]
