@@ -58,6 +58,43 @@ def logging_lock_held() -> bool:
         return False
 
 
+# Signals the kernel raises in the thread that caused them: never blocked.
+_SYNCHRONOUS_SIGNALS = frozenset(
+    getattr(signal, name)
+    for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT", "SIGTRAP", "SIGSYS")
+    if hasattr(signal, name)
+)
+
+
+def leave_signals_to_other_threads() -> None:
+    """Block asynchronous signals in this background thread.
+
+    The kernel hands a signal sent to the process (``kill``, Ctrl-C, ``docker
+    stop``) to any thread that does not block it. Python runs its handler on the
+    main thread, but only once that thread is back in the interpreter: when the
+    C-level handler runs on one of these threads, a main thread asleep in
+    ``time.sleep`` or ``select`` sleeps on, and SIGTERM or Ctrl-C seems ignored.
+    Under gevent or eventlet the "threads" share the main thread: left alone.
+    """
+    if not hasattr(signal, "pthread_sigmask") or _green_threads():
+        return
+    if threading.current_thread() is threading.main_thread():
+        return
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS_SIGNALS)
+    except (OSError, ValueError):  # pragma: no cover - a platform without them
+        pass
+
+
+def _green_threads() -> bool:
+    """True when ``threading`` is monkey-patched into greenlets (gevent, eventlet)."""
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is not None and gevent_monkey.is_module_patched("threading"):
+        return True
+    eventlet_patcher = sys.modules.get("eventlet.patcher")
+    return eventlet_patcher is not None and bool(eventlet_patcher.is_monkey_patched("thread"))
+
+
 def may_wait() -> bool:
     """Whether this thread may block on a worker: not a worker, not under the logging lock."""
     return not (threading.get_ident() in busy_threads or logging_lock_held())
@@ -304,6 +341,11 @@ def _die_of_sigterm() -> None:
     signal.raise_signal(signal.SIGTERM)
 
 
+def _close_all_off_the_main_thread() -> None:
+    leave_signals_to_other_threads()  # a second SIGTERM reaches the waiting main thread
+    close_all()
+
+
 def _close_all_within_the_deadlines() -> None:
     """:func:`close_all` on a thread of its own, waited for until the deadlines pass.
 
@@ -312,7 +354,9 @@ def _close_all_within_the_deadlines() -> None:
     while on this one it would never end.
     """
     limit = max((pipeline.shutdown_timeout for pipeline in list(_live)), default=0.0)
-    closer = threading.Thread(target=close_all, name="segmentio-logging-sigterm", daemon=True)
+    closer = threading.Thread(
+        target=_close_all_off_the_main_thread, name="segmentio-logging-sigterm", daemon=True
+    )
     try:
         closer.start()
     except RuntimeError:  # interpreter shutdown: no new threads

@@ -27,7 +27,7 @@ from . import _lifecycle, _report
 from ._delivery import Batch, Delivery, MemoryDelivery
 from ._errors import ClosedError, DeliveryError, Filtered, InvalidMessage, SegmentError
 from ._json import error_text
-from ._lifecycle import CLOSE_GRACE, marked_busy, may_wait
+from ._lifecycle import CLOSE_GRACE, leave_signals_to_other_threads, marked_busy, may_wait
 from ._message import Encode, Encoded
 from ._outcomes import Callback, Callbacks, Ledger, messages_of, transport_failure
 from ._transport import Deadline, Outcome, Transport, cut_by_bytes
@@ -200,6 +200,7 @@ class Pipeline:
             self._process(items)
 
     def _run(self) -> None:
+        leave_signals_to_other_threads()
         with marked_busy():
             self._loop()
 

@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
 import pytest
@@ -330,3 +331,64 @@ def test_the_close_on_sigterm_gives_up_at_the_deadline_of_a_close_that_hangs(
         assert calls == ["begin hangs"]
     finally:
         pipeline.release.set()
+
+
+def blocked_signals(thread: threading.Thread) -> int:
+    """The mask of signals ``thread`` blocks, read from /proc."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
+    return int(line.split()[1], 16)
+
+
+def bit(signum: int) -> int:
+    return 1 << (signum - 1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread masks in /proc")
+def test_background_threads_leave_asynchronous_signals_to_other_threads() -> None:
+    """A background thread blocks SIGTERM and SIGINT (a main thread asleep then gets them),
+    but never the signals a fault raises in the thread itself."""
+    ready, done = threading.Event(), threading.Event()
+
+    def background() -> None:
+        _lifecycle.leave_signals_to_other_threads()
+        ready.set()
+        done.wait(10)
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        mask = blocked_signals(thread)
+        assert mask & bit(signal.SIGTERM) and mask & bit(signal.SIGINT)
+        assert not mask & (bit(signal.SIGSEGV) | bit(signal.SIGFPE) | bit(signal.SIGBUS))
+        assert not blocked_signals(threading.main_thread()) & bit(signal.SIGTERM)
+    finally:
+        done.set()
+        thread.join(10)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread masks in /proc")
+def test_the_main_thread_never_blocks_signals_of_its_own() -> None:
+    """Called on the main thread (as a green thread under gevent runs), it changes nothing."""
+    before = blocked_signals(threading.main_thread())
+    _lifecycle.leave_signals_to_other_threads()
+    assert blocked_signals(threading.main_thread()) == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread masks in /proc")
+def test_the_pipeline_worker_leaves_sigterm_to_the_main_thread() -> None:
+    """The worker a handler starts blocks SIGTERM, so ``kill`` reaches the main thread."""
+    from segmentio_logging import SegmentHandler
+
+    handler = SegmentHandler("key", send=False, handle_sigterm=False)
+    try:
+        record = logging.LogRecord("app", logging.INFO, __file__, 1, "Played", None, None)
+        record.user_id = "u1"
+        handler.handle(record)
+        assert handler.flush(10)
+        workers = [t for t in threading.enumerate() if t.name == "segmentio-logging-worker"]
+        assert workers
+        assert all(blocked_signals(worker) & bit(signal.SIGTERM) for worker in workers)
+    finally:
+        handler.close()
