@@ -35,6 +35,7 @@ def make_pipeline(
         "on_success": options.on_success,
         "on_failure": options.on_failure,
         "sync_mode": options.sync_mode,
+        "handle_sigterm": options.handle_sigterm,
     }
     if describe is not None:
         settings["describe"] = describe

@@ -253,6 +253,7 @@ class Options:
     spool_max_age: Optional[float] = _option(None, _optional(_number(float, 0.001)))
     before_send: Optional[BeforeSend] = _option(None, _callback)
     default_context: Dict[str, Any] = _option_made_by(dict, _json_object)
+    handle_sigterm: bool = _option(True, _bool)
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Options))

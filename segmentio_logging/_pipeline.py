@@ -27,7 +27,7 @@ from . import _lifecycle, _report
 from ._delivery import Batch, Delivery, MemoryDelivery
 from ._errors import ClosedError, DeliveryError, Filtered, InvalidMessage, SegmentError
 from ._json import error_text
-from ._lifecycle import CLOSE_GRACE, marked_busy, may_wait
+from ._lifecycle import CLOSE_GRACE, leave_signals_to_other_threads, marked_busy, may_wait
 from ._message import Encode, Encoded
 from ._outcomes import Callback, Callbacks, Ledger, messages_of, transport_failure
 from ._transport import Deadline, Outcome, Transport, cut_by_bytes
@@ -62,6 +62,7 @@ class Pipeline:
         on_success: Optional[Callback] = None,
         on_failure: Optional[Callback] = None,
         sync_mode: bool = False,
+        handle_sigterm: bool = False,
     ) -> None:
         self.transport = transport
         self.delivery: Delivery = MemoryDelivery() if delivery is None else delivery
@@ -78,7 +79,7 @@ class Pipeline:
         self.closed = False
         self._fresh_state()
         self.delivery.attach(self)  # may start the worker
-        _lifecycle.register(self)
+        _lifecycle.register(self, handle_sigterm=handle_sigterm)
 
     def _fresh_state(self) -> None:
         self._pid = os.getpid()
@@ -199,6 +200,7 @@ class Pipeline:
             self._process(items)
 
     def _run(self) -> None:
+        leave_signals_to_other_threads()
         with marked_busy():
             self._loop()
 

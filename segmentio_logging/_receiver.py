@@ -37,6 +37,8 @@ from email.message import Message
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Dict, Iterator, Optional, Tuple, Type
 
+from ._lifecycle import leave_signals_to_other_threads
+
 __all__ = [
     "IDLE_TIMEOUT",
     "MAX_CONNECTIONS",
@@ -454,6 +456,7 @@ class ReceiverServer(HTTPServer):
             raise
 
     def _serve(self, request: Any, client_address: Any) -> None:
+        leave_signals_to_other_threads()  # Ctrl-C reaches the main thread of ``collect``
         try:
             self.finish_request(request, client_address)
         except Exception:

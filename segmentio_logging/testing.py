@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Protocol, Tuple
 
+from ._lifecycle import leave_signals_to_other_threads
 from ._receiver import (
     IDLE_TIMEOUT,
     MAX_CONNECTIONS,
@@ -320,13 +321,16 @@ class LocalCollector:
     def start(self) -> LocalCollector:
         if self._thread is None:
             self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
+                target=self._serve_forever,
                 name="segmentio-logging-collector",
                 daemon=True,
             )
             self._thread.start()
         return self
+
+    def _serve_forever(self) -> None:
+        leave_signals_to_other_threads()  # a signal to the process reaches its main thread
+        self._server.serve_forever(poll_interval=0.05)
 
     def stop(self) -> None:
         self._stopping.set()

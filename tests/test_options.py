@@ -45,6 +45,7 @@ DEFAULTS: Dict[str, Any] = {
     "spool_max_age": None,
     "before_send": None,
     "default_context": {},
+    "handle_sigterm": True,
 }
 
 # One valid value per option, as a keyword argument and as the environment spells it.
@@ -75,6 +76,7 @@ VALID = [
         '{"app": {"version": "1.2"}}',
         {"app": {"version": "1.2"}},
     ),
+    ("handle_sigterm", False, "off", False),
 ]
 
 # The examples above by option name, for the tests that run over the table of options.
@@ -110,6 +112,7 @@ INVALID = [
     ("default_context", {1: "x"}, TypeError),
     ("default_context", {"when": object()}, TypeError),
     ("default_context", "{not json", ValueError),
+    ("handle_sigterm", "later", TypeError),
     ("field_names", {"not_reserved": "x"}, ValueError),
     ("field_names", {"user_id": "not an identifier"}, ValueError),
     ("field_names", {"user_id": "msg"}, ValueError),

@@ -19,7 +19,13 @@ from .. import _report
 from .._delivery import Host
 from .._errors import DeliveryError, SpoolError
 from .._json import decode_json, error_text
-from .._lifecycle import CLOSE_GRACE, busy_threads, end_of, marked_busy
+from .._lifecycle import (
+    CLOSE_GRACE,
+    busy_threads,
+    end_of,
+    leave_signals_to_other_threads,
+    marked_busy,
+)
 from .._transport import Response, is_retryable
 from ._counted import CountedSpool
 from ._store import Spool, SpoolKey
@@ -210,6 +216,7 @@ class SpoolDelivery:
     # ------------------------------------------------------------------ sender side
 
     def _run_sender(self) -> None:
+        leave_signals_to_other_threads()
         with marked_busy():
             self._sender_loop()
 
