@@ -43,6 +43,10 @@ DEFAULTS: Dict[str, Any] = {
     "spool_max_age": None,
     "before_send": None,
     "default_context": {},
+    "proxy": None,
+    "ca_certs": None,
+    "client_cert": None,
+    "client_key": None,
 }
 
 # One valid value per option, as a keyword argument and as the environment spells it.
@@ -73,6 +77,10 @@ VALID = [
         '{"app": {"version": "1.2"}}',
         {"app": {"version": "1.2"}},
     ),
+    ("proxy", "http://proxy.example:3128", "proxy.example:3128", "http://proxy.example:3128"),
+    ("ca_certs", "/etc/ssl/private-ca.pem", "/etc/ssl/private-ca.pem", "/etc/ssl/private-ca.pem"),
+    ("client_cert", "/etc/ssl/me.pem", "/etc/ssl/me.pem", "/etc/ssl/me.pem"),
+    ("client_key", "/etc/ssl/me.key", "/etc/ssl/me.key", "/etc/ssl/me.key"),
 ]
 
 # The examples above by option name, for the tests that run over the table of options.
@@ -119,6 +127,15 @@ INVALID = [
     ("spool_max_bytes", 1000, ValueError),
     ("spool_max_age", 0, ValueError),
     ("spool_max_age", "a week", TypeError),
+    ("proxy", 3128, TypeError),
+    ("proxy", "socks5://127.0.0.1:1080", ValueError),
+    ("proxy", "https://proxy.example:3128", ValueError),
+    ("proxy", "http://proxy.example:port", ValueError),
+    ("proxy", "http://proxy.example:3128/path", ValueError),
+    ("ca_certs", 42, TypeError),
+    ("ca_certs", "  ", ValueError),
+    ("client_cert", b"/etc/ssl/me.pem", TypeError),
+    ("client_key", "", ValueError),
 ]
 
 # Values that are only invalid as text (what an environment variable holds).
@@ -135,6 +152,7 @@ INVALID_ENV = [
     ("spool_max_bytes", "64MiB", TypeError),
     ("spool_max_bytes", "10", ValueError),
     ("spool_max_age", "-1", ValueError),
+    ("proxy", "ftp://proxy.example", ValueError),
 ]
 
 
