@@ -424,7 +424,7 @@ def _host_of(route: Route) -> str:
 
 
 def _verify_failure(error: BaseException, route: Route) -> str:
-    detail = getattr(error, "verify_message", None) or str(error)
+    detail = (getattr(error, "verify_message", None) or str(error)).rstrip(".")
     host = _host_of(route)
     if getattr(error, "verify_code", None) == _HOSTNAME_MISMATCH or "match" in detail:
         return (
