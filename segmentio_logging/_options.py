@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Callable, Dict, Mapping, Optional, TypeVar
@@ -188,6 +189,80 @@ def _host(name: str, value: Any) -> str:
     return text
 
 
+class ProxyURL(str):
+    """A proxy's URL, whole; its ``repr`` (and :attr:`masked`) hide the password it may hold."""
+
+    __slots__ = ()
+
+    @property
+    def masked(self) -> str:
+        return mask_password(self)
+
+    def __repr__(self) -> str:
+        return repr(mask_password(self))
+
+
+_USERINFO = re.compile(r"^(?P<scheme>[^:/]*://)?(?P<user>[^/@:]*):[^/@]*@")
+
+
+def mask_password(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part, if any, as ``***``."""
+    return _USERINFO.sub(lambda m: f"{m['scheme'] or ''}{m['user']}:***@", url, count=1)
+
+
+def check_proxy(name: str, value: Any) -> ProxyURL:
+    """An ``http://[user:password@]host[:port]`` proxy URL (no scheme: http://), or ``""``:
+    no proxy at all. Messages never show the password."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be a proxy URL such as 'http://proxy.example:3128', "
+            f"got {type(value).__name__}"
+        )
+    text = value.strip()
+    if not text:
+        return ProxyURL("")  # given empty: no proxy, whatever the environment says
+    if "://" not in text:
+        text = "http://" + text
+    shown = mask_password(text)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(f"{name} is not a valid URL: {shown!r}") from None
+    scheme = parts.scheme.lower()
+    if scheme != "http":
+        raise ValueError(
+            f"{name}: {_UNSUPPORTED_PROXY.get(scheme[:5], _OTHER_PROXY)}, got {shown!r}"
+        )
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            f"{name} must be a URL with a host name and nothing after the port, such as "
+            f"'http://user:password@proxy.example:3128', got {shown!r}"
+        )
+    return ProxyURL(text.rstrip("/"))
+
+
+_OTHER_PROXY = "must be an http:// proxy URL"
+_UNSUPPORTED_PROXY = {
+    "https": "https:// proxies (TLS to the proxy itself) are not supported; an http:// proxy "
+    "still carries HTTPS end to end, through CONNECT",
+    "socks": "SOCKS proxies are not supported; use an HTTP proxy (http://host:port)",
+}
+
+
+def _file_path(name: str, value: Any) -> str:
+    """A file's path (``str`` or ``os.PathLike``), ``~`` expanded; read when the transport is
+    built."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a file path, got {type(value).__name__}")
+    text = value.strip()
+    if not text or "\x00" in text:
+        raise ValueError(f"{name} must be a file path, got {value!r}")
+    return os.path.expanduser(text)
+
+
 def _write_key(name: str, value: Any) -> Optional[str]:
     if value is None:
         return None
@@ -254,6 +329,11 @@ class Options:
     before_send: Optional[BeforeSend] = _option(None, _callback)
     default_context: Dict[str, Any] = _option_made_by(dict, _json_object)
     handle_sigterm: bool = _option(True, _bool)
+    # None: the standard proxy variables; "" no proxy. Its repr hides a password.
+    proxy: Optional[str] = _option(None, _optional(check_proxy))
+    ca_certs: Optional[str] = _option(None, _optional(_file_path))
+    client_cert: Optional[str] = _option(None, _optional(_file_path))
+    client_key: Optional[str] = _option(None, _optional(_file_path))
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Options))

@@ -27,6 +27,7 @@ import json
 import math
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -184,7 +185,8 @@ class _SocketReader(io.RawIOBase):
                 self._sock.settimeout(timeout)
         try:
             count = self._sock.recv_into(buffer)
-        except (socket.timeout, BlockingIOError):  # BlockingIOError: the system's timeout
+        # BlockingIOError (SSLWantReadError under TLS): the system's timeout ran out.
+        except (socket.timeout, BlockingIOError, ssl.SSLWantReadError):
             self.timed_out = True
             raise socket.timeout("the client sent nothing for too long") from None
         if count and self.deadline is None:
@@ -417,6 +419,8 @@ class ReceiverServer(HTTPServer):
     One thread per connection, as ``ThreadingHTTPServer``, but a connection
     past the bound waits, unaccepted, in the listen backlog until a thread is
     free. ``stopping`` set: a connection waiting for a thread is closed.
+    With ``ssl_context`` (a server-side context) every connection speaks TLS,
+    its handshake made on the connection's own thread.
     """
 
     allow_reuse_address = True
@@ -428,9 +432,11 @@ class ReceiverServer(HTTPServer):
         handler: Type[BaseHTTPRequestHandler],
         limits: Limits,
         stopping: threading.Event,
+        ssl_context: Optional[ssl.SSLContext] = None,
     ) -> None:
         self.limits = limits
         self.stopping = stopping
+        self.ssl_context = ssl_context
         self.decoding = threading.BoundedSemaphore(_DECODING_AT_ONCE)
         self.budget = _ReadBudget(_BODIES_AT_ONCE * limits.max_request_bytes)
         self._slots = threading.BoundedSemaphore(limits.max_connections)
@@ -458,12 +464,36 @@ class ReceiverServer(HTTPServer):
     def _serve(self, request: Any, client_address: Any) -> None:
         leave_signals_to_other_threads()  # Ctrl-C reaches the main thread of ``collect``
         try:
-            self.finish_request(request, client_address)
+            if self.ssl_context is not None:
+                request = self._handshake(request, self.ssl_context)
+            if request is not None:
+                self.finish_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
         finally:
-            self.shutdown_request(request)
+            if request is not None:
+                self.shutdown_request(request)
             self._slots.release()
+
+    def _handshake(self, sock: socket.socket, context: ssl.SSLContext) -> Optional[ssl.SSLSocket]:
+        """``sock`` under TLS; None (the connection closed) when the handshake fails.
+
+        After a failure the connection lingers a while, so that the client reads
+        the alert that says why instead of a reset.
+        """
+        sock.settimeout(self.limits.idle_timeout)
+        try:
+            tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError):
+            sock.close()
+            return None
+        try:
+            tls.do_handshake()
+        except (OSError, ValueError):
+            linger(tls)
+            tls.close()
+            return None
+        return tls
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that closes, resets or stalls its connection is what this server expects.

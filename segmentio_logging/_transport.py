@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import urllib3
 from urllib3.exceptions import HTTPError
 
+from ._connection import Route, refusal, route_for, route_from_options
 from ._errors import DeliveryError
 from ._options import Options
 from ._segment import MAX_BATCH_BYTES
@@ -177,8 +178,11 @@ class Transport:
         timeout: float = 15.0,
         max_retries: int = 10,
         retry_budget: float = 60.0,
+        route: Optional[Route] = None,
     ) -> None:
         self.url = host.rstrip("/") + BATCH_PATH
+        # Proxy and TLS (the environment's when not given), decided once: see _connection.
+        self.route = route if route is not None else route_for(self.url)
         self.write_key = write_key
         self.gzip = gzip
         self.timeout = timeout
@@ -202,9 +206,9 @@ class Transport:
         return f"Transport(url={self.url!r}, gzip={self.gzip})"
 
     def _new_pool(self) -> urllib3.HTTPConnectionPool:
-        # One keep-alive pool for the one host: a PoolManager would parse the URL and look
-        # the pool up again on every request (about 70 us each).
-        return urllib3.connection_from_url(self.url, maxsize=2, block=False, retries=False)
+        # One keep-alive pool for the one host, through its proxy if it has one: a PoolManager
+        # would parse the URL and look the pool up again on every request (about 70 us each).
+        return self.route.new_pool(maxsize=2)
 
     def reset_after_fork(self) -> None:
         """A child must not share the parent's sockets."""
@@ -310,11 +314,17 @@ class Transport:
     ) -> Tuple[Optional[int], Dict[str, str], str]:
         """One request within ``remaining`` seconds; a network failure is status None and its text.
 
-        Any other error is raised: the request could not be made.
+        Any other error is raised: the request could not be made (a
+        :class:`~segmentio_logging._connection.Refusal` among them: a TLS or proxy refusal).
         """
         try:
             return self.post(body, min(self.timeout, remaining))
         except (HTTPError, OSError) as exc:
+            # A certificate that does not verify, a refused client certificate, a proxy that
+            # refuses the tunnel: retrying cannot mend them, so they are raised, not retried.
+            refused = refusal(exc, self.route)
+            if refused is not None:
+                raise refused from exc
             return None, {}, f"{type(exc).__name__}: {exc}"
 
     def _no_retry_reason(self, status: Optional[int], attempts: int) -> Optional[str]:
@@ -364,4 +374,5 @@ def transport_for(options: Options) -> Transport:
         timeout=options.timeout,
         max_retries=options.max_retries,
         retry_budget=options.retry_budget,
+        route=route_from_options(options),
     )

@@ -13,14 +13,27 @@ import inspect
 import json
 import logging
 import numbers
+import os
 import reprlib
 import threading
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Set,
+    Tuple,
+    TypeVar,
+)
+from urllib.parse import urlsplit
 
 from ._client import Client as _PipelineClient
 from ._errors import DeliveryError, InvalidMessage
-from ._options import resolve_options
+from ._options import DEFAULT_HOST, env_var, resolve_options
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -76,7 +89,6 @@ _ID_TYPES = (numbers.Number, str)
 _LOCAL_NOW_WINDOW = dt.timedelta(seconds=5)
 
 _UNSUPPORTED = {
-    "proxies": "proxies are not supported yet and are ignored: requests go straight to the host",
     "thread": "thread is ignored: one worker thread delivers, in batches of upload_size",
     "oauth": "OAuth (oauth_client_id, oauth_client_key, oauth_key_id...) is not supported and "
     "is ignored: requests authenticate with the write key (HTTP Basic), which a source that "
@@ -125,7 +137,8 @@ class Client:
     """A client with the official constructor and calls, on a pipeline of its own.
 
     ``upload_size`` sets the option ``batch_size``, ``upload_interval`` ``flush_interval``,
-    ``max_total_backoff_duration`` ``retry_budget``; ``on_error(error, batch)`` is called
+    ``max_total_backoff_duration`` ``retry_budget``, ``proxies`` (a requests-style dict)
+    ``proxy``; ``on_error(error, batch)`` is called
     for what ``on_failure(data, error)`` would get. Other keyword arguments are this
     package's other options (``shutdown_timeout``, ``spool_path``...).
     """
@@ -167,7 +180,6 @@ class Client:
             raise TypeError(f"{renamed[0]} is spelled {_OFFICIAL_NAMES[renamed[0]]} here")
         oauth = (oauth_client_id, oauth_client_key, oauth_key_id, oauth_auth_server, oauth_scope)
         unsupported = {
-            "proxies": bool(proxies),
             "thread": thread not in (None, 1),
             "oauth": any(value is not None for value in oauth),
             "max_rate_limit_duration": max_rate_limit_duration is not None,
@@ -180,6 +192,7 @@ class Client:
         given = {name: value for name, value in locals().items() if name in _SAME_NAMES}
         given.update(batch_size=upload_size, flush_interval=upload_interval)
         given.update(retry_budget=max_total_backoff_duration, on_failure=_as_on_failure(on_error))
+        given.update(proxy=_proxy_option(proxies, host))
         self._client = _pipeline_client({**given, **options})
         # The official client's attributes; as there, changing them changes nothing.
         resolved = self._client.options
@@ -346,6 +359,29 @@ def _pipeline_client(given: Dict[str, Any]) -> _PipelineClient:
         if given.get(ours) is not None and text.startswith(ours + " "):
             text = official + text[len(ours) :]
     raise type(error)(text) from None
+
+
+def _proxy_option(proxies: Any, host: Optional[str]) -> Optional[str]:
+    """The ``proxy`` option that requests-style ``proxies`` give for the host, as requests
+    picks: the entry for ``scheme://hostname``, the scheme, ``all://hostname``, then ``all``.
+
+    None (the proxy variables apply) when no entry matches; an entry of None: no proxy.
+    """
+    if not proxies:
+        return None
+    if not isinstance(proxies, Mapping):
+        raise TypeError(
+            "proxies must be a dict such as {'https': 'http://proxy.example:3128'}, "
+            f"got {type(proxies).__name__}"
+        )
+    text = host if host is not None else os.environ.get(env_var("host")) or DEFAULT_HOST
+    target = urlsplit(text.strip() if "://" in text else "https://" + text.strip())
+    scheme, name = target.scheme.lower(), (target.hostname or "")
+    for key in (f"{scheme}://{name}", scheme, f"all://{name}", "all"):
+        if key in proxies:
+            chosen = proxies[key]
+            return "" if chosen is None else chosen
+    return None
 
 
 def _as_on_failure(on_error: Optional[ErrorCallback]) -> Optional[Callable[[Any, Any], None]]:

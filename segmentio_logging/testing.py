@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -280,6 +281,10 @@ class LocalCollector:
     whole request (408, and the connection closes); ``max_connections``
     connections served at once, each by a thread, the others waiting to be
     accepted. Requests it refuses are recorded with their status.
+
+    With ``ssl_context`` (a server-side ``ssl.SSLContext`` holding its
+    certificate, and the CAs of the client certificates it requires, if any)
+    it speaks HTTPS, and :attr:`url` starts with ``https://``.
     """
 
     def __init__(
@@ -294,6 +299,7 @@ class LocalCollector:
         idle_timeout: float = IDLE_TIMEOUT,
         request_timeout: float = REQUEST_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        ssl_context: Optional[ssl.SSLContext] = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self.check = check
@@ -301,7 +307,9 @@ class LocalCollector:
             max_request_bytes, max_decoded_bytes, idle_timeout, request_timeout, max_connections
         )
         self._stopping = threading.Event()
-        self._server = _Server((host, port), _Handler, self.limits, self._stopping)
+        self._server = _Server(
+            (host, port), _Handler, self.limits, self._stopping, ssl_context=ssl_context
+        )
         self._server.collector = self
         self._server.connection_ids = itertools.count(1)
         self._cond = threading.Condition()
@@ -316,7 +324,8 @@ class LocalCollector:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        scheme = "http" if self._server.ssl_context is None else "https"
+        return f"{scheme}://{host!s}:{port}"
 
     def start(self) -> LocalCollector:
         if self._thread is None:

@@ -12,7 +12,11 @@ import json
 import logging
 import re
 import socket
+import ssl
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -283,3 +287,102 @@ def identity_holds(stats: Dict[str, int]) -> bool:
     filtered (by before_send) + pending."""
     settled = stats["delivered"] + stats["failed"] + stats["dropped"] + stats["filtered"]
     return stats["enqueued"] == settled + stats["pending"]
+
+
+# --------------------------------------------------------------------------- proxies and TLS
+
+# Every variable that chooses a proxy or a CA bundle: the tests that use them set their own.
+_PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
+PROXY_AND_CA_VARIABLES = (
+    *_PROXY_VARIABLES,
+    *(name.lower() for name in _PROXY_VARIABLES),
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+    "SEGMENT_PROXY",
+    "SEGMENT_CA_CERTS",
+    "SEGMENT_CLIENT_CERT",
+    "SEGMENT_CLIENT_KEY",
+)
+
+
+@pytest.fixture
+def clean_network_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy or CA bundle variable of the machine applies (this one sets REQUESTS_CA_BUNDLE)."""
+    for name in PROXY_AND_CA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+class PrivateCA:
+    """A CA of its own (trustme) with a server certificate for 127.0.0.1 and localhost, a
+    client certificate, and their PEM files in ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        import trustme
+
+        self.ca = trustme.CA()
+        self.server = self.ca.issue_cert("127.0.0.1", "localhost")
+        self.client = self.ca.issue_cert("client@example.test")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.bundle = str(directory / "ca.pem")
+        self.ca.cert_pem.write_to_path(self.bundle)
+        self.client_pem = str(directory / "client.pem")  # the key and the certificate
+        self.client.private_key_and_cert_chain_pem.write_to_path(self.client_pem)
+        self.client_cert = str(directory / "client.crt")
+        self.client.cert_chain_pems[0].write_to_path(self.client_cert)
+        self.client_key = str(directory / "client.key")
+        self.client.private_key_pem.write_to_path(self.client_key)
+
+    def server_context(self, *, require_client_cert: bool = False) -> ssl.SSLContext:
+        """A server-side context with the server certificate; optionally mutual TLS."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.server.configure_cert(context)
+        if require_client_cert:
+            self.ca.configure_trust(context)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+class ProxyServer:
+    """A real HTTP proxy (proxy.py) on 127.0.0.1 in a child process; its access log is read
+    to tell which requests went through it."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        port_file = directory / "port"
+        self.log_path = directory / "proxy.log"
+        command = [sys.executable, "-m", "proxy", "--hostname", "127.0.0.1", "--port", "0"]
+        command += ["--port-file", str(port_file), "--num-acceptors", "1", "--num-workers", "1"]
+        command += ["--threaded", "--log-file", str(self.log_path), *extra]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"proxy.py did not start: {self.process.stderr!r}")
+            time.sleep(0.02)  # polls for the port file, within the deadline above
+        self.port = int(port_file.read_text().split()[0])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout: float = 20.0) -> bool:
+        """Wait until the access log has a line matching ``pattern`` (written when the
+        connection it describes closes); False at the timeout."""
+        found = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while not found.search(self.log()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)  # polls the log file, within the deadline above
+        return True

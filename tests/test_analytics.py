@@ -18,7 +18,13 @@ import segmentio_logging.analytics as analytics
 from segmentio_logging import ClosedError, DeliveryError, InvalidMessage, MessageTooLarge, QueueFull
 from segmentio_logging.testing import LocalCollector, Reply
 
-from .helpers import Recorder, closed_url, section_code
+from .helpers import (
+    ProxyServer,
+    Recorder,
+    clean_network_environment,
+    closed_url,
+    section_code,
+)
 
 CALLS = ("identify", "track", "group", "alias", "page", "screen")
 # The official module's settings and their values before anything is set: None is unset.
@@ -806,7 +812,6 @@ class TestUnsupportedSettings:
     @pytest.mark.parametrize(
         ("options", "says"),
         [
-            ({"proxies": {"https": "http://proxy:3128"}}, "proxies are not supported"),
             ({"thread": 4}, "one worker thread"),
             ({"oauth_client_id": "id", "oauth_client_key": "pem", "oauth_key_id": "k"}, "OAuth"),
             ({"max_rate_limit_duration": 600}, "max_rate_limit_duration is ignored"),
@@ -823,10 +828,10 @@ class TestUnsupportedSettings:
         assert client.flush(timeout=5) is True
 
     def test_the_module_setting_warns_too(self, segment_env: LocalCollector) -> None:
-        """analytics.proxies is read (and warned about) when the default client is built."""
+        """analytics.oauth_client_id is read (and warned about) when the default client is built."""
         analytics.write_key = "k"
-        analytics.proxies = {"https": "http://proxy:3128"}
-        with pytest.warns(analytics.UnsupportedSettingWarning, match="proxies"):
+        analytics.oauth_client_id = "id"
+        with pytest.warns(analytics.UnsupportedSettingWarning, match="OAuth"):
             analytics.track("u1", "e")
         assert analytics.flush(timeout=5) is True
         assert len(segment_env.messages) == 1
@@ -842,3 +847,77 @@ class TestUnsupportedSettings:
         with pytest.warns(analytics.UnsupportedSettingWarning, match="capped at 2,500"):
             client = make_client(upload_size=5_000)
         assert client._client.options.batch_size == 2_500
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyServer]:
+    """A real HTTP proxy on 127.0.0.1 (proxy.py)."""
+    server = ProxyServer(tmp_path_factory.mktemp("proxy"))
+    yield server
+    server.stop()
+
+
+@pytest.mark.usefixtures(clean_network_environment.__name__)
+class TestProxies:
+    def test_the_proxies_keyword_routes_through_the_proxy(
+        self, make_client: Any, collector: LocalCollector, proxy: ProxyServer
+    ) -> None:
+        """proxies={"http": URL}, as requests takes it, sends through that proxy."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            client = make_client(proxies={"http": proxy.url})
+        assert client.track("u1", "e")[0] is True
+        assert client.flush(timeout=10) is True
+        assert "proxy.py" in collector.requests[0].headers["via"]
+
+    def test_the_module_setting_routes_the_default_client(
+        self, segment_env: LocalCollector, proxy: ProxyServer
+    ) -> None:
+        """analytics.proxies is read when the default client is built."""
+        analytics.write_key = "k"
+        analytics.proxies = {"all": proxy.url}
+        analytics.track("u1", "e")
+        assert analytics.flush(timeout=10) is True
+        assert "proxy.py" in segment_env.requests[0].headers["via"]
+
+    @pytest.mark.parametrize(
+        ("proxies", "expected"),
+        [
+            ({"all": "a", "http": "b", "all://127.0.0.1": "c", "http://127.0.0.1": "d"}, "d"),
+            ({"all": "a", "http": "b", "all://127.0.0.1": "c"}, "b"),
+            ({"all": "a", "all://127.0.0.1": "c"}, "c"),
+            ({"all": "a", "https": "e"}, "a"),
+            ({"https": "e"}, None),
+            ({"http": None}, ""),
+            ({}, None),
+        ],
+    )
+    def test_the_entry_is_chosen_as_requests_does(
+        self, proxies: Dict[str, Any], expected: Any
+    ) -> None:
+        """scheme://host, scheme, all://host, all; none matching: the environment; None: none."""
+        assert analytics._proxy_option(proxies, "http://127.0.0.1:9") == expected
+
+    def test_no_entry_for_the_scheme_leaves_the_environment_in_charge(
+        self,
+        make_client: Any,
+        collector: LocalCollector,
+        proxy: ProxyServer,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """proxies for https only: an http host still takes HTTP_PROXY, as with requests."""
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        client = make_client(proxies={"https": closed_url()})
+        client.track("u1", "e")
+        assert client.flush(timeout=10) is True
+        assert "proxy.py" in collector.requests[0].headers["via"]
+
+    def test_an_entry_of_none_means_no_proxy(
+        self, make_client: Any, collector: LocalCollector, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """proxies={"http": None}: direct, whatever HTTP_PROXY says."""
+        monkeypatch.setenv("HTTP_PROXY", closed_url())
+        client = make_client(proxies={"http": None})
+        client.track("u1", "e")
+        assert client.flush(timeout=10) is True
+        assert len(collector.messages) == 1

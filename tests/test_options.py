@@ -46,6 +46,10 @@ DEFAULTS: Dict[str, Any] = {
     "before_send": None,
     "default_context": {},
     "handle_sigterm": True,
+    "proxy": None,
+    "ca_certs": None,
+    "client_cert": None,
+    "client_key": None,
 }
 
 # One valid value per option, as a keyword argument and as the environment spells it.
@@ -77,6 +81,10 @@ VALID = [
         {"app": {"version": "1.2"}},
     ),
     ("handle_sigterm", False, "off", False),
+    ("proxy", "http://proxy.example:3128", "proxy.example:3128", "http://proxy.example:3128"),
+    ("ca_certs", "/etc/ssl/private-ca.pem", "/etc/ssl/private-ca.pem", "/etc/ssl/private-ca.pem"),
+    ("client_cert", "/etc/ssl/me.pem", "/etc/ssl/me.pem", "/etc/ssl/me.pem"),
+    ("client_key", "/etc/ssl/me.key", "/etc/ssl/me.key", "/etc/ssl/me.key"),
 ]
 
 # The examples above by option name, for the tests that run over the table of options.
@@ -124,6 +132,15 @@ INVALID = [
     ("spool_max_bytes", 1000, ValueError),
     ("spool_max_age", 0, ValueError),
     ("spool_max_age", "a week", TypeError),
+    ("proxy", 3128, TypeError),
+    ("proxy", "socks5://127.0.0.1:1080", ValueError),
+    ("proxy", "https://proxy.example:3128", ValueError),
+    ("proxy", "http://proxy.example:port", ValueError),
+    ("proxy", "http://proxy.example:3128/path", ValueError),
+    ("ca_certs", 42, TypeError),
+    ("ca_certs", "  ", ValueError),
+    ("client_cert", b"/etc/ssl/me.pem", TypeError),
+    ("client_key", "", ValueError),
 ]
 
 # Values that are only invalid as text (what an environment variable holds).
@@ -140,6 +157,7 @@ INVALID_ENV = [
     ("spool_max_bytes", "64MiB", TypeError),
     ("spool_max_bytes", "10", ValueError),
     ("spool_max_age", "-1", ValueError),
+    ("proxy", "ftp://proxy.example", ValueError),
 ]
 
 

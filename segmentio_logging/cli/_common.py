@@ -6,9 +6,11 @@ import argparse
 import getpass
 import math
 import os
+import re
 import sys
 from typing import IO, Any, Dict, List, Optional, Tuple
 
+from .._connection import route_for
 from .._errors import DeliveryError, InvalidMessage
 from .._message import build_message, encode, new_message_id
 from .._options import Options, env_var, resolve_options
@@ -153,8 +155,11 @@ def _read_key_bytes(path: str) -> bytes:
 
 
 def options_from(args: argparse.Namespace, *, need_key: bool = True) -> Options:
-    """Write key, host, timeout and retries: from the flags, else ``SEGMENT_*``, else defaults."""
+    """Write key, host, timeout, retries, proxy and TLS: from the flags, else ``SEGMENT_*``
+    (the standard proxy and CA variables after them), else defaults."""
     given: Dict[str, Any] = {"host": args.host, "timeout": args.timeout}
+    given.update(proxy=args.proxy, ca_certs=args.ca_certs)
+    given.update(client_cert=args.client_cert, client_key=args.client_key)
     key = write_key_flag(args)
     if key is None:
         key = os.environ.get(env_var("write_key"))
@@ -170,9 +175,28 @@ def options_from(args: argparse.Namespace, *, need_key: bool = True) -> Options:
     elif not os.environ.get(env_var("max_retries")):
         given["max_retries"] = 3  # a person waits on the command: fewer than the library's 10
     try:
-        return resolve_options(given)
+        options = resolve_options(given)
+        route_for(
+            options.host,
+            proxy=options.proxy,
+            ca_certs=options.ca_certs,
+            client_cert=options.client_cert,
+            client_key=options.client_key,
+        )  # a proxy or a certificate file that cannot be used is a usage error, said now
     except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(_flag_names(str(exc))) from None
+    return options
+
+
+# The options of the flags that tell how to reach the host, in errors spelled as the flags.
+_FLAGS = {"ca_certs": "--ca-certs", "client_cert": "--client-cert", "client_key": "--client-key"}
+
+
+def _flag_names(text: str) -> str:
+    """``text`` with the names of the connection options spelled as their flags."""
+    for name, flag in _FLAGS.items():
+        text = re.sub(rf"\b{name}\b", flag, text)
+    return "--" + text if text.startswith("proxy") else text
 
 
 def _failure_text(error: DeliveryError) -> str:

@@ -57,6 +57,42 @@ def _add_delivery_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="retries of a request that failed for a reason worth retrying (default: 3)",
     )
+    _add_connection_flags(parser)
+
+
+def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    """How requests reach the host: a proxy, the CAs to trust, a client certificate."""
+    network = parser.add_argument_group(
+        "proxy and TLS",
+        "Each flag, when not given, falls back to its SEGMENT_* variable, then to the "
+        "standard ones named below. See docs/proxies-and-tls.md.",
+    )
+    network.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="an HTTP proxy, http://host:port or http://user:password@host:port; HTTPS goes "
+        "through it with CONNECT (default: $SEGMENT_PROXY, else $HTTPS_PROXY or $HTTP_PROXY "
+        "for the host's scheme, then $ALL_PROXY, unless $NO_PROXY names the host; "
+        "--proxy='': none); with a password, other users can see it in ps: prefer the variables",
+    )
+    network.add_argument(
+        "--ca-certs",
+        metavar="PATH",
+        help="a PEM bundle of the CAs that verify the host, for a private CA or a proxy that "
+        "inspects TLS (default: $SEGMENT_CA_CERTS, else $REQUESTS_CA_BUNDLE, else "
+        "$SSL_CERT_FILE, else the system's CA store)",
+    )
+    network.add_argument(
+        "--client-cert",
+        metavar="PATH",
+        help="a client certificate (PEM) for mutual TLS, its key in the same file or in "
+        "--client-key (default: $SEGMENT_CLIENT_CERT)",
+    )
+    network.add_argument(
+        "--client-key",
+        metavar="PATH",
+        help="the unencrypted private key (PEM) of --client-cert (default: $SEGMENT_CLIENT_KEY)",
+    )
 
 
 def _add_receiver_limits(parser: argparse.ArgumentParser) -> None:
