@@ -181,9 +181,11 @@ def anonymous_id_of(cookie: Optional[str]) -> Optional[str]:
     """
     if not cookie:
         return None
-    text = unquote(cookie).strip()
+    text = (unquote(cookie) if "%" in cookie else cookie).strip()
     if not text.startswith('"'):
         return text if _BARE_ID.match(text) else None
+    if text.endswith('"') and _BARE_ID.match(text, 1, len(text) - 1):
+        return text[1:-1]  # the common case, without the JSON parser
     try:
         value = json.loads(text)
     except ValueError:

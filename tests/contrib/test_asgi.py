@@ -62,7 +62,7 @@ class TestThroughTheTestClient:
             headers = {**COOKIE, "X-User-Id": "u1", "X-Forwarded-For": "203.0.113.9"}
             client.get("/cart?from=mail", headers={**headers, "Referer": "https://a.example/"})
             client.get("/quiet", headers=COOKIE)
-            client.get("/quiet", cookies={"ajs_anonymous_id": "%22broken"})
+            client.get("/quiet", headers={"Cookie": "ajs_anonymous_id=%22broken"})
         assert handler.flush(10)
         cart, quiet = collector.messages
         assert (cart["userId"], cart["anonymousId"]) == ("u1", "anon-7")
@@ -245,8 +245,7 @@ class TestUvicorn:
         env = child_env(collector, APPS, SEGMENT_FLUSH_INTERVAL="60", SEGMENT_BATCH_SIZE="2500")
         args = ["-m", "uvicorn", "fastapi_app:app", "--host", "127.0.0.1", "--port", str(port)]
         with ServerProcess(args, tmp_path, env) as server:
-            server.wait_for(r"Application startup complete")
-            server.wait_for(r"Uvicorn running on")
+            server.wait_for(r"Uvicorn running on")  # after the lifespan startup
             url = f"http://127.0.0.1:{port}"
             self.load(url)
             # Nothing left before the shutdown: a 60 s interval, batches of 2,500.

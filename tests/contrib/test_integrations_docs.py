@@ -190,7 +190,7 @@ class TestFastAPI:
         env = child_env(collector, tmp_path, SEGMENT_FLUSH_INTERVAL="60")
         args = ["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)]
         with ServerProcess(args, tmp_path, env) as server:
-            server.wait_for(r"Application startup complete")
+            server.wait_for(r"Uvicorn running on")  # the lifespan startup is done before
             url = f"http://127.0.0.1:{port}/checkout"
             for headers in (
                 {"Authorization": "User u1", "Cookie": COOKIE},
