@@ -84,7 +84,8 @@ class RequestFacts:
     """What a request says about its client, as text; missing headers are None.
 
     ``path`` is percent-encoded, as a browser's ``location.pathname``; ``query``
-    comes without its ``?``.
+    comes without its ``?``; ``peer`` is an IP address or None (a Unix socket, a
+    test client's made-up name).
     """
 
     scheme: str
@@ -114,7 +115,7 @@ class RequestFacts:
             host=host or None,
             path=quote(path, safe=_PATH_SAFE) or "/",
             query=str(environ.get("QUERY_STRING", "")),
-            peer=environ.get("REMOTE_ADDR") or None,
+            peer=_address(str(environ.get("REMOTE_ADDR") or "")),
             cookie=environ.get("HTTP_COOKIE"),
             user_agent=environ.get("HTTP_USER_AGENT"),
             referrer=environ.get("HTTP_REFERER"),
@@ -142,7 +143,7 @@ class RequestFacts:
             host=headers.get("host") or (_server(*server) if server else None),
             path=path or "/",
             query=bytes(scope.get("query_string") or b"").decode("latin-1"),
-            peer=str(client[0]) if client else None,
+            peer=_address(str(client[0])) if client else None,
             cookie=headers.get("cookie"),
             user_agent=headers.get("user-agent"),
             referrer=headers.get("referer"),

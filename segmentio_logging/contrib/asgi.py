@@ -37,14 +37,18 @@ _SHUTDOWN_ANSWERS = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
 
 def default_user_id(scope: Scope) -> Any:
     """The ``identity`` of an authenticated ``scope["user"]`` (Starlette's
-    ``AuthenticationMiddleware`` sets it), else None."""
+    ``AuthenticationMiddleware`` sets it), else None.
+
+    A user class without one (``BaseUser`` leaves it to subclasses, and older
+    Starlette's ``SimpleUser`` has none) gives its ``username``, if it has one.
+    """
     user = scope.get("user")
     if user is None or not getattr(user, "is_authenticated", False):
         return None
     try:
         return getattr(user, "identity", None)
-    except NotImplementedError:  # starlette's BaseUser leaves it to subclasses
-        return None
+    except NotImplementedError:
+        return getattr(user, "username", None)
 
 
 def deliver_held(action: str) -> None:

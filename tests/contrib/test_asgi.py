@@ -8,7 +8,7 @@ import signal
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 
@@ -75,6 +75,7 @@ class TestThroughTheTestClient:
         }
         assert cart["context"]["userAgent"] == "testclient"
         assert "userId" not in quiet and quiet["anonymousId"] == "anon-7"
+        assert "ip" not in quiet["context"]  # the test client's peer is "testclient"
         # A malformed cookie and no user: no id at all, so the record is skipped.
         assert handler.stats()["skipped"] == 1
 
@@ -144,20 +145,52 @@ class TestThroughTheTestClient:
         assert segmentio_logging.current_identity() == {}
 
 
+class TestDefaultUser:
+    @pytest.mark.parametrize(
+        ("user", "expected"),
+        [
+            (None, None),
+            (type("Anonymous", (), {"is_authenticated": False, "identity": "x"})(), None),
+            (type("WithIdentity", (), {"is_authenticated": True, "identity": "u1"})(), "u1"),
+        ],
+    )
+    def test_scope_user(self, user: Any, expected: Any) -> None:
+        """An authenticated scope["user"] gives its identity; others give nothing."""
+        from segmentio_logging.contrib.asgi import default_user_id
+
+        assert default_user_id({} if user is None else {"user": user}) == expected
+
+    def test_a_user_without_identity_gives_its_username(self) -> None:
+        """Older Starlette's SimpleUser has no identity: its username stands in."""
+        from segmentio_logging.contrib.asgi import default_user_id
+
+        class OldSimpleUser:
+            is_authenticated = True
+            username = "ada"
+
+            @property
+            def identity(self) -> str:
+                raise NotImplementedError
+
+        assert default_user_id({"user": OldSimpleUser()}) == "ada"
+
+
 class Lifespan:
     """Drives one lifespan through an ASGI app, as a server does."""
 
     def __init__(self) -> None:
         self.sent: List[str] = []
-        self.inbox: asyncio.Queue[Dict[str, Any]] = asyncio.Queue()
+        self.inbox: Optional[asyncio.Queue[Dict[str, Any]]] = None  # made in the loop (3.9)
 
     async def receive(self) -> Dict[str, Any]:
+        assert self.inbox is not None
         return await self.inbox.get()
 
     async def send(self, message: Dict[str, Any]) -> None:
         self.sent.append(message["type"])
 
     async def run(self, app: Any, on_startup: Any = None) -> None:
+        self.inbox = asyncio.Queue()
         await self.inbox.put({"type": "lifespan.startup"})
         task = asyncio.ensure_future(app({"type": "lifespan"}, self.receive, self.send))
         while not self.sent and not task.done():

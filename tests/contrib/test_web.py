@@ -145,6 +145,8 @@ class TestContext:
         """Without a host the url is the path; without a peer there is no ip."""
         facts = RequestFacts.from_environ({"PATH_INFO": ""})
         assert context_of(facts, 0) == {"page": {"path": "/", "url": "/"}}
+        named = RequestFacts.from_scope({"path": "/", "client": ("testclient", 50000)})
+        assert "ip" not in context_of(named, 0)  # a peer that is not an address
 
 
 class TestOptions:
