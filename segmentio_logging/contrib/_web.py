@@ -318,11 +318,28 @@ def _call_hook(resolve: Callable[[], Any]) -> Any:
 
 
 def bind_request(
-    facts: RequestFacts, options: WebOptions, resolve_user: Optional[Callable[[], Any]]
+    read: Callable[[], RequestFacts],
+    options: WebOptions,
+    resolve_user: Optional[Callable[[], Any]],
 ) -> Binding:
-    """Bind the request's anonymous id, context and (lazy) user id; :func:`unbind_request`."""
-    anonymous_id = anonymous_id_of(cookie_value(facts.cookie, options.anonymous_id_cookie))
-    token = bind(anonymous_id=anonymous_id, context=context_of(facts, options.trusted_proxies))
+    """Bind the request's anonymous id, context and (lazy) user id; :func:`unbind_request`.
+
+    ``read`` gives the request's facts. A request this cannot read (a framework's
+    request object of a shape not foreseen) runs without a binding, with a
+    warning: logging must not fail the request.
+    """
+    try:
+        facts = read()
+        anonymous_id = anonymous_id_of(cookie_value(facts.cookie, options.anonymous_id_cookie))
+        context = context_of(facts, options.trusted_proxies)
+    except Exception as exc:
+        _report.warn(
+            "contrib-request",
+            f"could not read the request ({type(exc).__name__}: {exc}); "
+            "its records carry no request identity",
+        )
+        return None
+    token = bind(anonymous_id=anonymous_id, context=context)
     if resolve_user is not None:
         # Set over bind's value; resetting bind's token restores what was there before both.
         _identity.set(LazyIdentity(_identity.get() or {}, resolve_user))
@@ -331,4 +348,5 @@ def bind_request(
 
 def unbind_request(binding: Binding) -> None:
     """Undo :func:`bind_request`."""
-    unbind(binding)
+    if binding is not None:
+        unbind(binding)

@@ -65,7 +65,9 @@ def deliver_held(action: str) -> None:
         flush = getattr(pipeline, "flush", None)
         if flush is not None:  # one thread each, so that the waits overlap
             timeout = float(getattr(pipeline, "shutdown_timeout", 5.0))
-            thread = threading.Thread(target=flush, args=(timeout,), daemon=True)
+            thread = threading.Thread(
+                target=flush, args=(timeout,), name="segmentio-logging-shutdown", daemon=True
+            )
             thread.start()
             waits.append((thread, timeout))
     for thread, timeout in waits:
@@ -117,7 +119,9 @@ class SegmentMiddleware:
             await self.app(scope, receive, send)
             return
         user_id = self._user_id
-        binding = bind_request(RequestFacts.from_scope(scope), self.options, lambda: user_id(scope))
+        binding = bind_request(
+            lambda: RequestFacts.from_scope(scope), self.options, lambda: user_id(scope)
+        )
         try:
             await self.app(scope, receive, send)
         finally:

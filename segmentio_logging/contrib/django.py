@@ -97,7 +97,7 @@ class SegmentMiddleware:
         if self.async_mode:
             return self._acall(request)
         user_id = self._user_id
-        binding = bind_request(_facts(request), self.options, lambda: user_id(request))
+        binding = bind_request(lambda: _facts(request), self.options, lambda: user_id(request))
         try:
             return self.get_response(request)
         finally:
@@ -105,7 +105,7 @@ class SegmentMiddleware:
 
     async def _acall(self, request: Any) -> Any:
         resolve = await self._async_user(request)
-        binding = bind_request(_facts(request), self.options, resolve)
+        binding = bind_request(lambda: _facts(request), self.options, resolve)
         try:
             return await self.get_response(request)
         finally:

@@ -58,8 +58,12 @@ class SegmentMiddleware:
         # iterated too (after this call returns) and never leaks into the server's thread.
         context = contextvars.copy_context()
         user_id = self._user_id
-        facts = RequestFacts.from_environ(environ)
-        context.run(bind_request, facts, self.options, lambda: user_id(environ))
+        context.run(
+            bind_request,
+            lambda: RequestFacts.from_environ(environ),
+            self.options,
+            lambda: user_id(environ),
+        )
         body = context.run(self.app, environ, start_response)
         if isinstance(body, (list, tuple)):
             return body  # nothing more of the app runs

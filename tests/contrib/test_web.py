@@ -197,7 +197,7 @@ class CountingHook:
 
 class TestBinding:
     def run(self, hook: Optional[Callable[[], Any]], body: Callable[[], None]) -> None:
-        binding = bind_request(FACTS, web_options("test"), hook)
+        binding = bind_request(lambda: FACTS, web_options("test"), hook)
         try:
             body()
         finally:
@@ -259,6 +259,23 @@ class TestBinding:
         [message] = collector.messages
         assert "userId" not in message and message["anonymousId"] == "anon-1"
         assert "RuntimeError: db down" in capsys.readouterr().err
+
+    def test_a_request_that_cannot_be_read_runs_unbound(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Reading the request raises: nothing is bound, a warning says why, no error."""
+
+        class Broken(dict):  # type: ignore[type-arg]
+            def get(self, key: Any, default: Any = None) -> Any:
+                raise RuntimeError("no environ")
+
+        def unreadable() -> RequestFacts:
+            return RequestFacts.from_environ(Broken())
+
+        binding = bind_request(unreadable, web_options("test"), CountingHook())
+        assert binding is None and segmentio_logging.current_identity() == {}
+        unbind_request(binding)
+        assert "could not read the request (RuntimeError: no environ)" in capsys.readouterr().err
 
     def test_lazy_identity_length_does_not_look_up(self) -> None:
         """Testing the identity's truth (the worker does) runs no lookup; reading does, once."""
