@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -221,3 +222,41 @@ class TestUvicorn:
             "search": "?a=b",
         }
         assert async_["context"]["page"]["path"] == "/async-cart"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs fork")
+class TestGunicorn:
+    def test_sync_middleware_under_gunicorn(
+        self, collector: LocalCollector, tmp_path: Path
+    ) -> None:
+        """Django under gunicorn runs the middleware in sync mode; SIGTERM: delivered at exit."""
+        pytest.importorskip("gunicorn")
+        env = child_env(
+            collector,
+            APPS,
+            DJANGO_SHOP_SERVER="1",
+            DJANGO_SHOP_DATABASE=str(tmp_path / "db.sqlite3"),
+            SEGMENT_FLUSH_INTERVAL="60",
+        )
+        args = ["-m", "gunicorn", "--bind", "127.0.0.1:0", "--workers", "1"]
+        with ServerProcess([*args, "django_shop:wsgi_application"], tmp_path, env) as server:
+            url = server.wait_for(r"Listening at: (http://127\.0\.0\.1:\d+)").group(1)
+            server.wait_for(r"Booting worker with pid")
+            for n in range(3):
+                headers = {
+                    "Cookie": f"ajs_anonymous_id={COOKIE}",
+                    "X-User-Id": f"u{n}",
+                    "X-Forwarded-For": f"203.0.113.{n}",
+                }
+                assert get(f"{url}/cart?n={n}", headers) == "ok"
+            assert get(f"{url}/quiet", headers) == "quiet"
+            assert collector.requests == []  # held: a 60 s interval
+            assert server.stop() == 0, server.text
+        events = sorted(collector.messages, key=lambda m: m["userId"])
+        assert [(m["event"], m["userId"]) for m in events] == [
+            ("Cart Viewed", f"u{n}") for n in range(3)
+        ]
+        for n, message in enumerate(events):
+            assert message["anonymousId"] == "anon-5"
+            assert message["context"]["ip"] == f"203.0.113.{n}"
+            assert message["context"]["page"]["search"] == f"?n={n}"

@@ -1,8 +1,9 @@
 """A small Django project in one module: its URLs and views, and its settings for a server.
 
 The tests configure Django in-process with ``ROOT_URLCONF = "django_shop"``;
-``uvicorn django_shop:application`` serves it (``DJANGO_SETTINGS_MODULE`` unset:
-``settings()`` below configures it from the environment).
+``uvicorn django_shop:application`` and ``gunicorn django_shop:wsgi_application``
+serve it (with ``DJANGO_SHOP_SERVER`` set, the module configures Django from the
+environment).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ if os.environ.get("DJANGO_SHOP_SERVER"):  # served: configure from the environme
     import django
     from django.conf import settings as django_settings
     from django.core.asgi import get_asgi_application
+    from django.core.wsgi import get_wsgi_application
 
     django_settings.configure(
         **settings(
@@ -87,3 +89,4 @@ if os.environ.get("DJANGO_SHOP_SERVER"):  # served: configure from the environme
     )
     django.setup()
     application = get_asgi_application()
+    wsgi_application = get_wsgi_application()
