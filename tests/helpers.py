@@ -75,6 +75,36 @@ def doc_name(page: Path) -> str:
     return page.relative_to(ROOT).as_posix()
 
 
+RECIPE_TAG = re.compile(r"^\s*<!--\s*recipe:\s*(?P<name>[^;\s]+)\s*(?:;[^>]*)?-->\s*$")
+
+
+def tagged_recipes(pages: List[Path]) -> Dict[str, Tuple[Path, str]]:
+    """Every block tagged ``<!-- recipe: NAME -->`` on ``pages``: its page and its code.
+
+    The code is prefixed by blank lines, so that a traceback gives the page's line
+    numbers. A name may be used once across the pages.
+    """
+    found: Dict[str, Tuple[Path, str]] = {}
+    for page in pages:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for index, line in enumerate(lines):
+            tag = RECIPE_TAG.match(line)
+            if tag is None:
+                continue
+            where = f"{doc_name(page)}:{index + 1}"
+            assert CODE_FENCE.match(lines[index + 1]), f"{where}: no code block after the tag"
+            name = tag.group("name")
+            assert name not in found, (
+                f"{where}: recipe {name!r} already in {doc_name(found[name][0])}"
+            )
+            end = index + 2
+            while not CODE_FENCE.match(lines[end]):
+                end += 1
+            code = "\n" * (index + 2) + "\n".join(lines[index + 2 : end]) + "\n"
+            found[name] = (page, code)
+    return found
+
+
 def section_code(title: str) -> Tuple[Path, str]:
     """The first ``python`` block under the heading ``title``, on the one page that has it.
 

@@ -21,8 +21,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, ClassVar, Dict, Iterator, List, Set, Tuple
+from typing import Any, ClassVar, Dict, Iterator, List, Set
 
 import pytest
 
@@ -30,7 +29,7 @@ import segmentio_logging
 from segmentio_logging import SegmentHandler
 from segmentio_logging.testing import LocalCollector, Reply
 
-from .helpers import ROOT, doc_name, doc_pages
+from .helpers import ROOT, doc_pages, tagged_recipes
 
 HELPERS = Path(__file__).resolve().parent / "recipes"
 WRITE_KEY = "recipe-key"
@@ -38,37 +37,7 @@ GUNICORN = [sys.executable, "-m", "gunicorn"]
 CELERY = [sys.executable, "-m", "celery"]
 QUIET_WORKER = ["--without-heartbeat", "--without-gossip", "--without-mingle"]
 
-TAG = re.compile(r"^\s*<!--\s*recipe:\s*(?P<name>[^;\s]+)\s*(?:;[^>]*)?-->\s*$")
-FENCE = re.compile(r"^\s*```")
-
-
-def recipes() -> Dict[str, Tuple[Path, str]]:
-    """Every tagged block of the docs by name: its page, and its code prefixed by blank lines.
-
-    The padding keeps the page's line numbers in tracebacks of the executed code.
-    """
-    found: Dict[str, Tuple[Path, str]] = {}
-    for page in doc_pages():
-        lines = page.read_text(encoding="utf-8").splitlines()
-        for index, line in enumerate(lines):
-            tag = TAG.match(line)
-            if tag is None:
-                continue
-            where = f"{doc_name(page)}:{index + 1}"
-            assert FENCE.match(lines[index + 1]), f"{where}: no code block after the tag"
-            name = tag.group("name")
-            assert name not in found, (
-                f"{where}: recipe {name!r} already in {doc_name(found[name][0])}"
-            )
-            end = index + 2
-            while not FENCE.match(lines[end]):
-                end += 1
-            code = "\n" * (index + 2) + "\n".join(lines[index + 2 : end]) + "\n"
-            found[name] = (page, code)
-    return found
-
-
-RECIPES = recipes()
+RECIPES = tagged_recipes(doc_pages())
 
 
 def recipe(name: str) -> str:
@@ -221,13 +190,13 @@ def _close_new_handlers() -> Iterator[None]:
 
 class TestDocs:
     def test_every_recipe_is_run_here(self) -> None:
-        """Each tagged block of the docs is one of the recipes this module runs."""
-        assert set(RECIPES) == {
+        """Each tagged block of the docs is one of the recipes this module runs (those of
+        the integrations page: tests/contrib/test_integrations_docs.py)."""
+        assert {name for name in RECIPES if not name.startswith("integrations/")} == {
             "dictconfig",
             "fileconfig/logging.ini",
             "fileconfig",
             "django/settings.py",
-            "django/middleware.py",
             "queue-listener",
             "structlog",
             "gunicorn/gunicorn.conf.py",
@@ -302,27 +271,15 @@ class TestDjango:
         [message] = segment_env.messages
         assert_message(message, "track", event="Order Completed", userId="u6")
 
-    def test_middleware_binds_the_signed_in_user(self, segment_env: LocalCollector) -> None:
-        """A view's records inside the middleware carry the user's id; anonymous ones skip."""
+    def test_middleware_setting_names_the_shipped_middleware(self) -> None:
+        """The recipe's MIDDLEWARE entry imports as the contrib middleware (tested in contrib)."""
+        pytest.importorskip("django")
+        from django.utils.module_loading import import_string  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+        from segmentio_logging.contrib.django import SegmentMiddleware
+
         settings = run_recipe("django/settings.py")
-        logging.config.dictConfig(copy.deepcopy(settings["LOGGING"]))
-        middleware = run_recipe("django/middleware.py")["segment_identity"]
-
-        def view(request: Any) -> str:
-            logging.getLogger("shop").info("Order Completed", extra={"properties": {"n": 1}})
-            return "response"
-
-        handle = middleware(view)
-        signed_in = SimpleNamespace(user=SimpleNamespace(is_authenticated=True, pk=42))
-        anonymous = SimpleNamespace(user=SimpleNamespace(is_authenticated=False, pk=None))
-        assert handle(signed_in) == "response"
-        assert handle(anonymous) == "response"
-        assert segmentio_logging.current_identity() == {}
-        flush_all()
-        [message] = segment_env.messages
-        assert_message(message, "track", event="Order Completed", userId="42")
-        [handler] = segment_handlers()
-        assert handler.stats()["skipped"] == 1
+        assert [import_string(path) for path in settings["MIDDLEWARE"]] == [SegmentMiddleware]
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="dictConfig's listener key is 3.12+")

@@ -1,0 +1,125 @@
+"""``SegmentMiddleware`` for Django, sync and async.
+
+In ``settings.py``, after ``AuthenticationMiddleware``::
+
+    MIDDLEWARE = [..., "segmentio_logging.contrib.django.SegmentMiddleware"]
+
+Each request runs with its identity bound (see ``_web``): the signed-in
+user's ``pk``, the ``ajs_anonymous_id`` cookie's id, ``context.ip``,
+``context.userAgent`` and ``context.page``. Optional settings, all in one
+dict::
+
+    SEGMENT_MIDDLEWARE = {
+        "user_id": "shop.segment.user_id",   # fn(request) -> id or None, or its dotted path
+        "trusted_proxies": 1,                # proxies that append to X-Forwarded-For
+        "anonymous_id_cookie": "ajs_anonymous_id",
+    }
+
+In a sync request the user is looked up on the first record that needs it: a
+request that logs nothing never loads ``request.user`` (no session read, no
+query). An async request cannot look it up from a log call on the event loop
+(Django refuses database access there), so the default lookup awaits
+``request.auser()`` before the view runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Mapping, Optional
+
+from asgiref.sync import (  # type: ignore[import-not-found,unused-ignore]
+    iscoroutinefunction,
+    markcoroutinefunction,
+    sync_to_async,
+)
+
+from ._web import RequestFacts, WebOptions, bind_request, unbind_request, web_options
+
+__all__ = ["SETTING", "SegmentMiddleware"]
+
+SETTING = "SEGMENT_MIDDLEWARE"
+_KEYS = ("user_id", "trusted_proxies", "anonymous_id_cookie")
+
+
+def default_user_id(request: Any) -> Any:
+    """The ``pk`` of ``request.user`` when it is authenticated, else None."""
+    return _user_pk(getattr(request, "user", None))
+
+
+def _user_pk(user: Any) -> Any:
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return user.pk
+
+
+def options_from_settings() -> WebOptions:
+    """The middleware's options from ``settings.SEGMENT_MIDDLEWARE`` (a dict, all optional)."""
+    from django.conf import settings  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    from django.core.exceptions import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        ImproperlyConfigured,
+    )
+
+    given = getattr(settings, SETTING, None) or {}
+    if not isinstance(given, Mapping):
+        raise ImproperlyConfigured(f"{SETTING} must be a dict, got {type(given).__name__}")
+    unknown = sorted(set(given) - set(_KEYS))
+    if unknown:
+        raise ImproperlyConfigured(
+            f"{SETTING} has unknown keys {', '.join(map(repr, unknown))}; "
+            f"the keys are {', '.join(_KEYS)}"
+        )
+    try:
+        return web_options(SETTING, **given)
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+
+
+def _facts(request: Any) -> RequestFacts:
+    # request.path, not build_absolute_uri(): that validates the host against
+    # ALLOWED_HOSTS and raises, and logging must not fail a request.
+    return RequestFacts.from_environ(request.META, scheme=request.scheme, path=request.path)
+
+
+class SegmentMiddleware:
+    """Binds each request's Segment identity and context while the view runs."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        self.options = options_from_settings()
+        self._user_id = self.options.user_id or default_user_id
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)  # Django then calls it as a coroutine function
+
+    def __call__(self, request: Any) -> Any:
+        if self.async_mode:
+            return self._acall(request)
+        user_id = self._user_id
+        binding = bind_request(lambda: _facts(request), self.options, lambda: user_id(request))
+        try:
+            return self.get_response(request)
+        finally:
+            unbind_request(binding)
+
+    async def _acall(self, request: Any) -> Any:
+        resolve = await self._async_user(request)
+        binding = bind_request(lambda: _facts(request), self.options, resolve)
+        try:
+            return await self.get_response(request)
+        finally:
+            unbind_request(binding)
+
+    async def _async_user(self, request: Any) -> Optional[Callable[[], Any]]:
+        """What looks the user up in an async request: the user is loaded here, before
+        the view, unless a ``user_id`` of the settings does the lookup itself."""
+        if self.options.user_id is not None:
+            hook = self.options.user_id
+            return lambda: hook(request)
+        auser: Optional[Callable[[], Awaitable[Any]]] = getattr(request, "auser", None)
+        if auser is not None:
+            pk = _user_pk(await auser())  # Django 5.0+
+        else:
+            pk = await sync_to_async(default_user_id)(request)
+        return lambda: pk
