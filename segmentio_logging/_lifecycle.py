@@ -133,6 +133,11 @@ def register(pipeline: Closable, *, handle_sigterm: bool = False) -> None:
         install_sigterm_handler()
 
 
+def live_pipelines() -> List[Closable]:
+    """Every pipeline of this process still alive (the integrations flush them)."""
+    return list(_live)
+
+
 _child_resets: List[Callable[[], None]] = []
 _reset_for_pid = os.getpid()
 

@@ -61,7 +61,7 @@ def deliver_held(action: str) -> None:
         _lifecycle.close_all()
         return
     waits = []
-    for pipeline in list(_lifecycle._live):
+    for pipeline in _lifecycle.live_pipelines():
         flush = getattr(pipeline, "flush", None)
         if flush is not None:  # one thread each, so that the waits overlap
             timeout = float(getattr(pipeline, "shutdown_timeout", 5.0))

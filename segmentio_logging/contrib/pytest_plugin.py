@@ -53,7 +53,7 @@ class SegmentEvents:
 
         prefix = self.collector.url + "/"
         found = []
-        for pipeline in list(_lifecycle._live):
+        for pipeline in _lifecycle.live_pipelines():
             transport = getattr(pipeline, "transport", None)
             if str(getattr(transport, "url", "")).startswith(prefix):
                 found.append(pipeline)
