@@ -69,6 +69,10 @@ def end_of(timeout: Optional[float]) -> float:
 class Closable(Protocol):
     """What the exit and fork hooks need of a pipeline."""
 
+    shutdown_timeout: float
+
+    def flush(self, timeout: Optional[float] = None) -> bool: ...
+
     def begin_close(self, timeout: Optional[float] = None) -> None: ...
 
     def wait_closed(self) -> bool: ...
@@ -133,6 +137,20 @@ def close_all() -> None:
         pipeline.begin_close()
     for pipeline in pipelines:
         pipeline.wait_closed()
+
+
+def flush_all() -> bool:
+    """Deliver what every live pipeline holds, within the longest ``shutdown_timeout``,
+    leaving them open (a server's own shutdown, before ``atexit`` closes them).
+
+    Listeners keep running: their records reach the pipelines at exit.
+    """
+    pipelines = list(_live)
+    end = end_of(max((p.shutdown_timeout for p in pipelines), default=0.0))
+    done = True
+    for pipeline in pipelines:
+        done = pipeline.flush(max(end - time.monotonic(), 0.0)) and done
+    return done
 
 
 class _Token:
