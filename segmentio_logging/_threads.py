@@ -10,9 +10,10 @@ Two environments change what ``threading.Thread`` means:
   greenlet of the process, and nobody can set it. Such a pipeline gets a real
   operating-system thread, as it would have had without gevent; a pipeline made
   after the patching gets a greenlet, consistent with its primitives.
-- **uWSGI** without ``--enable-threads`` (its default) never lets the threads an
-  application starts run: :func:`threads_run` says so (once, on stderr, with the
-  fix) and the pipeline delivers from the threads that log instead.
+- **uWSGI** before 2.0.27, without ``--enable-threads``, does not let the threads
+  an application starts run between requests: :func:`threads_run` says so (once,
+  on stderr, with the fix) and the pipeline delivers from the threads that log
+  instead.
 """
 
 from __future__ import annotations
@@ -110,8 +111,15 @@ def worker_thread(target: Callable[[], None], name: str, *, made_with: object) -
 _uwsgi_warned = False
 
 
+# uWSGI enables Python threads by default from 2.0.27 on ("enable-threads" became a
+# stub); before, only --enable-threads or --threads above 1 did.
+UWSGI_THREADS_BY_DEFAULT = (2, 0, 27)
+
+
 def threads_run() -> bool:
-    """False inside uWSGI started without ``--enable-threads``: threads never run there.
+    """False inside a uWSGI that runs without Python threads: the threads an
+    application starts there run only while a request releases the GIL, never between
+    requests (uWSGI before 2.0.27 without ``--enable-threads`` or ``--threads``).
 
     Warns once per process, with the fix.
     """
@@ -121,16 +129,19 @@ def threads_run() -> bool:
     options = getattr(uwsgi, "opt", None) or {}
     if _uwsgi_option(options, "enable-threads") or _uwsgi_option(options, "threads"):
         return True
+    version = tuple(getattr(uwsgi, "version_info", ())[:3])
+    if version >= UWSGI_THREADS_BY_DEFAULT:
+        return True
     global _uwsgi_warned
     if not _uwsgi_warned:
         _uwsgi_warned = True
         _report.warn(
             "uwsgi-threads",
-            "uWSGI runs without --enable-threads: the background thread that sends events "
-            "would never run. Events are sent from the threads that log them, in batches "
-            "(when batch_size are queued or flush_interval has passed) and at exit. "
-            "Start uWSGI with --enable-threads (enable-threads = true) to send them in the "
-            "background.",
+            "uWSGI runs without --enable-threads: the background thread that sends "
+            "events would not run between requests. Events are sent from the threads "
+            "that log them, in batches (when batch_size are queued or flush_interval has "
+            "passed), and at exit. Start uWSGI with --enable-threads (enable-threads = true) "
+            "to send them in the background.",
         )
     return False
 
