@@ -204,3 +204,73 @@ def test_nothing_queued_in_the_worker_is_lost_at_a_warm_shutdown(run: Run) -> No
     assert len(run.messages) == 4 + 1 + 2 + 2 + 1, run.output
     assert {r.write_key for r in run.requests} == {WRITE_KEY}
     assert len({m["messageId"] for m in run.messages}) == len(run.messages)
+
+
+# --------------------------------------------------------------------------- in this process
+
+
+def test_setup_twice_connects_each_signal_once() -> None:
+    """A second setup() changes nothing: one receiver per signal."""
+    from celery import signals
+
+    from segmentio_logging.contrib import celery as contrib
+
+    contrib.setup()
+    contrib.setup()
+    for signal_, receiver in [
+        (signals.before_task_publish, contrib._put_identity),
+        (signals.task_prerun, contrib._bind_identity),
+        (signals.task_postrun, contrib._unbind_identity),
+        (signals.worker_process_shutdown, contrib._close_at_process_exit),
+        (signals.worker_shutdown, contrib._flush_at_worker_shutdown),
+    ]:
+        connected = [entry[1] for entry in signal_.receivers]  # weak=False: the functions
+        assert connected.count(receiver) == 1, signal_
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        {"user_id": "u1", "context": "not a dict"},
+        {"anonymous_id": "a1", "integrations": ["not", "a", "dict"]},
+        "not a mapping",
+    ],
+)
+def test_a_bad_identity_header_binds_nothing_and_the_task_runs(sent: Any) -> None:
+    """A header that is not an identity is ignored, without an error in the task."""
+    from celery.app.task import Context
+
+    from segmentio_logging.contrib import celery as contrib
+
+    class Task:
+        request = Context({contrib.HEADER: sent})
+
+    contrib._bind_identity(task=Task())
+    assert segmentio_logging.current_identity() == {}
+    contrib._unbind_identity(task=Task())
+
+
+def test_the_dictconfig_recipe_keeps_celery_records_out(collector: LocalCollector) -> None:
+    """With the docs' dictConfig, Celery's records inside a task are not events; the app's are."""
+    import logging
+
+    from celery.signals import setup_logging
+
+    from segmentio_logging import SegmentHandler
+
+    scope: Dict[str, Any] = {"__name__": "docs_celery_dictconfig"}
+    exec(compile(doc_recipe("celery/dictconfig"), str(DOC), "exec"), scope)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("SEGMENT_HOST", collector.url)
+            patch.setenv("SEGMENT_WRITE_KEY", WRITE_KEY)
+            scope["configure_logging"]()
+        [handler] = [h for h in logging.getLogger().handlers if isinstance(h, SegmentHandler)]
+        with segmentio_logging.identified(user_id="u-task"):
+            logging.getLogger("celery.app.trace").info("Task shop.x[1] succeeded in 0.1s")
+            logging.getLogger("shop.tasks").info("Order Completed")
+        assert handler.flush(10)
+        assert [m["event"] for m in collector.messages] == ["Order Completed"]
+        handler.close()
+    finally:
+        setup_logging.disconnect(scope["configure_logging"])
