@@ -107,6 +107,16 @@ def counts(collector: LocalCollector, event: str) -> Dict[str, int]:
     return found
 
 
+def wait_for_users(collector: LocalCollector, timeout: float = 30.0) -> None:
+    """Until every user's event arrived, one message at a time; returns at the timeout."""
+    end = time.monotonic() + timeout
+    while not set(USERS) <= set(counts(collector, "Page Viewed")):
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            return
+        collector.wait_for_messages(len(collector.messages) + 1, timeout=remaining)
+
+
 @dataclasses.dataclass
 class Run:
     """What one uWSGI run left: the receiver, the users seen before the stop, the exit."""
@@ -132,7 +142,7 @@ def served(
             server.wait_ready()
             pids = [server.get(user) for user in USERS]
             if threads:  # the workers' threads deliver within the flush interval
-                collector.wait_for_messages(len(USERS) + 1, timeout=20)  # and the warm-up
+                wait_for_users(collector)
             before = sorted(counts(collector, "Page Viewed"))
         finally:
             status = server.stop()
