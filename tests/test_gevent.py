@@ -6,6 +6,8 @@ LocalCollector in this process; a process that hangs fails at the timeout.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -66,18 +68,23 @@ def run(collector_url: str, *, late: str = "", first: str = "", end: str = "") -
     """Run the script; its output, or a failure when it does not exit within 60 s."""
     code = SCRIPT.format(patch_first=first, patch_late=late, end=end)
     code = f"GREENLETS = {GREENLETS}\nEVENTS_EACH = {EVENTS_EACH}\n" + code
+    # A session of its own, so that a hung forked child is killed with its parent.
+    process = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-c", textwrap.dedent(code), collector_url],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            [sys.executable, "-W", "ignore", "-c", textwrap.dedent(code), collector_url],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the gevent process did not exit within 60 s: {exc.stderr!r}")
-    assert done.returncode == 0, done.stderr
-    return done.stderr
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        pytest.fail(f"the gevent process did not exit within 60 s: {stderr!r}")
+    assert process.returncode == 0, stderr
+    return stderr
 
 
 def user_counts(collector: LocalCollector) -> Dict[str, int]:
