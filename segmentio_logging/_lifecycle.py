@@ -110,6 +110,8 @@ class Closable(Protocol):
 
     shutdown_timeout: float
 
+    def flush(self, timeout: Optional[float] = None) -> bool: ...
+
     def begin_close(self, timeout: Optional[float] = None) -> None: ...
 
     def wait_closed(self) -> bool: ...
@@ -212,6 +214,18 @@ def _closing_all() -> None:
 
 
 # ---------------------------------------------------------------------- multiprocessing
+def flush_all() -> bool:
+    """Deliver what every live pipeline holds, within the longest ``shutdown_timeout``,
+    leaving them open (a server's own shutdown, before ``atexit`` closes them).
+
+    Listeners keep running: their records reach the pipelines at exit.
+    """
+    pipelines = list(_live)
+    end = end_of(max((p.shutdown_timeout for p in pipelines), default=0.0))
+    done = True
+    for pipeline in pipelines:
+        done = pipeline.flush(max(end - time.monotonic(), 0.0)) and done
+    return done
 
 
 class _Token:

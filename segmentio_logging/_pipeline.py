@@ -23,7 +23,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from . import _lifecycle, _report
+from . import _lifecycle, _report, _threads
 from ._delivery import Batch, Delivery, MemoryDelivery
 from ._errors import ClosedError, DeliveryError, Filtered, InvalidMessage, SegmentError
 from ._json import error_text
@@ -89,8 +89,11 @@ class Pipeline:
         # Whether a caller already woke the worker for a full batch: one plain read per put.
         self._woken = False
         self.deadline = Deadline()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: Optional[_threads.WorkerThread] = None
         self.inline = self.sync_mode
+        # No thread can run (uWSGI without threads): callers deliver when a batch is due.
+        self.deferred = False
+        self._due = 0.0
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -141,10 +144,21 @@ class Pipeline:
             if self._thread is not None:
                 self._wake.set()
             return False
+        if self.deferred:
+            self._put_deferred(item)
+            return True
         with ledger.lock:
             ledger.taken += 1
         self._process_here([item])
         return True
+
+    def _put_deferred(self, item: Any) -> None:
+        """Queue ``item``; deliver on this thread when a batch is full or flush_interval passed."""
+        self._queue.append(item)
+        now = time.monotonic()
+        if len(self._queue) >= self.batch_size or now >= self._due:
+            self._due = now + self.flush_interval
+            self._drain_here()
 
     def reject(self, item: Any, error: SegmentError, *, warn: bool = True) -> None:
         """Count and report an item refused before it was queued (too large, invalid).
@@ -171,8 +185,12 @@ class Pipeline:
             current = self._thread
             if self.closed or (current is not None and current.is_alive()):
                 return
-            thread = threading.Thread(
-                target=self._run, name="segmentio-logging-worker", daemon=True
+            if not _threads.threads_run():
+                self.inline = self.deferred = True
+                self._due = time.monotonic() + self.flush_interval
+                return
+            thread = _threads.worker_thread(
+                self._run, "segmentio-logging-worker", made_with=self._wake
             )
             try:
                 thread.start()

@@ -20,6 +20,7 @@ from typing import Any, Iterator, List, Optional
 import pytest
 
 from segmentio_logging import _lifecycle
+from segmentio_logging.testing import LocalCollector
 
 
 class FakePipeline:
@@ -392,3 +393,27 @@ def test_the_pipeline_worker_leaves_sigterm_to_the_main_thread() -> None:
         assert all(blocked_signals(worker) & bit(signal.SIGTERM) for worker in workers)
     finally:
         handler.close()
+
+
+def test_flush_all_delivers_what_every_pipeline_holds_and_leaves_them_open(
+    make_handler: object, collector: LocalCollector
+) -> None:
+    """flush_all() sends what each live pipeline queued; the handlers keep working after."""
+    handlers = [make_handler(flush_interval=30) for _ in range(2)]  # type: ignore[operator]
+    log = logging.getLogger("tests.lifecycle.flush_all")
+    log.propagate = False
+    for n, handler in enumerate(handlers):
+        handler.handle(
+            log.makeRecord(
+                log.name, logging.INFO, __file__, 1, f"E{n}", (), None, extra={"user_id": f"u{n}"}
+            )
+        )
+    assert _lifecycle.flush_all()
+    assert sorted(m["event"] for m in collector.messages) == ["E0", "E1"]
+    handlers[0].handle(
+        log.makeRecord(
+            log.name, logging.INFO, __file__, 1, "After", (), None, extra={"user_id": "u0"}
+        )
+    )
+    assert handlers[0].flush(10)
+    assert "After" in [m["event"] for m in collector.messages]

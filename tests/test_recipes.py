@@ -13,7 +13,6 @@ import logging
 import logging.config
 import os
 import re
-import runpy
 import signal
 import subprocess
 import sys
@@ -201,7 +200,6 @@ class TestDocs:
             "structlog",
             "gunicorn/gunicorn.conf.py",
             "gunicorn/app.py",
-            "celery/tasks.py",
             "lambda-flush",
             "lambda-sync",
             "eu",
@@ -403,52 +401,6 @@ class TestGunicorn:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the prefork pool needs fork")
-class TestCelery:
-    def test_recipe_with_a_prefork_worker(
-        self, collector: LocalCollector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """A real worker (2 pool processes) runs the task; pool processes deliver on shutdown."""
-        celery = pytest.importorskip("celery")
-        write_recipe("celery/tasks.py", tmp_path)
-        folder = tmp_path / "broker"
-        monkeypatch.setenv("RECIPE_CELERY_DIR", str(folder))
-        process = subprocess.Popen(
-            [*CELERY, "-A", "tasks", "worker", "--pool=prefork", "--concurrency=2", *QUIET_WORKER],
-            cwd=tmp_path,
-            env=child_env(collector, tmp_path, RECIPE_CELERY_DIR=str(folder)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        output = OutputReader(process.stdout)
-        client = celery.Celery("client")
-        config = runpy.run_path(str(HELPERS / "celeryconfig.py"))
-        client.conf.update({k: v for k, v in config.items() if k.islower() and k[0] != "_"})
-        try:
-            orders = [f"o-{n}" for n in range(4)]
-            results = [
-                client.send_task("tasks.order_completed", args=(f"u{n}", order, 10.0 + n))
-                for n, order in enumerate(orders)
-            ]
-            assert [r.get(timeout=20) for r in results] == orders, output.text
-            # The pool processes hold the events (30 s flush interval) until they exit.
-            assert collector.requests == []
-        finally:
-            status = stop(process)
-        assert status == 0, output.text
-        assert_requests(collector)
-        messages = sorted(collector.messages, key=lambda m: m["properties"]["order_id"])
-        assert len(messages) == len(orders), output.text
-        for n, message in enumerate(messages):
-            assert_message(
-                message,
-                "track",
-                event="Order Completed",
-                userId=f"u{n}",
-                properties={"order_id": f"o-{n}", "total": 10.0 + n},
-            )
-
-
 class TestLambda:
     EVENT: ClassVar[Dict[str, str]] = {"user_id": "u8", "order_id": "o-8"}
 
