@@ -9,6 +9,7 @@ it runs without the ``fast`` extra.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Dict
@@ -24,6 +25,26 @@ _handler: Any = None
 _client: Any = None
 _logged = 0  # events this process logged (one thread at a time serves a request here)
 
+
+def _full_batches_only() -> None:
+    """An experiment on the worker (``--experiment full-batches``): after the first batch
+    of a wake, send another only while a full one is queued; a partial one waits for the
+    next wake (``batch_size`` reached, ``flush_interval``, a flush or the close)."""
+    from segmentio_logging._pipeline import Pipeline
+
+    def drain(self: Any) -> None:
+        first = True
+        while first or self.closed or len(self._queue) >= self.batch_size:
+            first = False
+            items = self.take()
+            if not items:
+                return
+            self._process(items)
+            self.report_full()
+
+    Pipeline.drain = drain  # type: ignore[method-assign]
+
+
 if MODE == "handler":
     if os.environ.get("REALAPP_NO_ORJSON"):
         from segmentio_logging import _json
@@ -31,7 +52,13 @@ if MODE == "handler":
         _json.FAST_JSON = _json.PLAIN_JSON = None
     from segmentio_logging import SegmentHandler
 
-    _handler = SegmentHandler(WRITE_KEY, host=URL)
+    if os.environ.get("REALAPP_FULL_BATCHES"):
+        _full_batches_only()
+
+    # REALAPP_HANDLER_OPTIONS: a JSON object of SegmentHandler options, for exploring.
+    _handler = SegmentHandler(
+        WRITE_KEY, host=URL, **json.loads(os.environ.get("REALAPP_HANDLER_OPTIONS") or "{}")
+    )
     logger.addHandler(_handler)
 elif MODE == "official":
     from segment.analytics import Client

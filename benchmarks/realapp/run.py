@@ -43,6 +43,7 @@ MODES = {
     "official": "official client track()",
 }
 SERVERS = ("fastapi", "django")
+EXPERIMENTS: List[str] = []  # --experiment: worker-side changes tried from the benchmark
 
 
 @dataclass
@@ -134,6 +135,8 @@ def start_server(server: str, mode: str, receiver_url: str) -> Tuple[subprocess.
     env["REALAPP_URL"] = receiver_url
     if mode == "handler-stdlib":
         env["REALAPP_NO_ORJSON"] = "1"
+    if "full-batches" in EXPERIMENTS:
+        env["REALAPP_FULL_BATCHES"] = "1"
     proc = subprocess.Popen(server_command(server, port), cwd=HERE, env=env)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -343,8 +346,34 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
     parser.add_argument("--servers", default=",".join(SERVERS), help="fastapi,django")
     parser.add_argument("--modes", default=",".join(MODES), help=",".join(MODES))
+    parser.add_argument(
+        "--handler-option",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a SegmentHandler option, e.g. batch_size=500 (the figures that count use the"
+        " defaults: for exploring only)",
+    )
+    parser.add_argument(
+        "--experiment",
+        action="append",
+        default=[],
+        choices=["full-batches"],
+        help="full-batches: the worker sends a partial batch only at the first send of a"
+        " wake (see events.py); for measuring a worker-side change",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write every run as JSON")
     args = parser.parse_args(argv)
+    options = {}
+    for option in args.handler_option:
+        name, _, value = option.partition("=")
+        options[name] = json.loads(value)
+    if options:
+        os.environ["REALAPP_HANDLER_OPTIONS"] = json.dumps(options)
+        print(f"- SegmentHandler options: {options}")
+    EXPERIMENTS.extend(args.experiment)
+    if EXPERIMENTS:
+        print(f"- experiments: {', '.join(EXPERIMENTS)}")
     servers = [s for s in args.servers.split(",") if s]
     modes = [m for m in args.modes.split(",") if m]
     if "none" not in modes:
