@@ -370,10 +370,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         options[name] = json.loads(value)
     if options:
         os.environ["REALAPP_HANDLER_OPTIONS"] = json.dumps(options)
-        print(f"- SegmentHandler options: {options}")
     EXPERIMENTS.extend(args.experiment)
-    if EXPERIMENTS:
-        print(f"- experiments: {', '.join(EXPERIMENTS)}")
     servers = [s for s in args.servers.split(",") if s]
     modes = [m for m in args.modes.split(",") if m]
     if "none" not in modes:
@@ -388,6 +385,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         f" -d{seconds:g}s; {EVENTS_PER_REQUEST} events per request; {rounds} round(s)"
     )
     print(f"- command: `python {' '.join([os.path.relpath(__file__), *sys.argv[1:]])}`")
+    if options:
+        print(f"- SegmentHandler options (not the defaults): {options}")
+    if EXPERIMENTS:
+        print(f"- experiments on the worker (not the package as it is): {', '.join(EXPERIMENTS)}")
     print(flush=True)
     runs: List[Run] = []
     began = time.monotonic()
