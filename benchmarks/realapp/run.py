@@ -15,6 +15,7 @@ gunicorn and the ``bench`` extra.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -56,8 +57,10 @@ class Run:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     cpu_us_per_request: float = 0.0
+    switches_per_request: float = 0.0
     logged: int = 0
     received: int = 0
+    batches: int = 0
     errors: int = 0
     stats: Dict[str, Any] = field(default_factory=dict)
     term_logged: int = 0
@@ -70,18 +73,43 @@ class Run:
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU of ``pid`` and its children (gunicorn's worker), from /proc."""
-    total = 0.0
+def _children(pid: int) -> List[int]:
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / _TICKS
         with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
-            children = [int(c) for c in f.read().split()]
-    except (OSError, ValueError, IndexError):
-        return total
-    return total + sum(cpu_seconds(child) for child in children)
+            return [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _task_figures(task: str) -> Tuple[float, int]:
+    """CPU seconds (user and system) and context switches of one thread, from /proc."""
+    with open(f"{task}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    switches = 0
+    with open(f"{task}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                switches += int(line.split()[1])
+    return (int(fields[11]) + int(fields[12])) / _TICKS, switches
+
+
+def process_figures(pid: int) -> Tuple[float, int]:
+    """CPU seconds and context switches of ``pid``'s threads and its children's
+    (gunicorn's worker): each switch is a thread that blocked or was preempted, most of
+    them hand-offs of the interpreter lock between the app's thread and the sender's."""
+    cpu, switches = 0.0, 0
+    for task in glob.glob(f"/proc/{pid}/task/*"):
+        try:
+            more_cpu, more_switches = _task_figures(task)
+        except (OSError, ValueError, IndexError):  # a thread that just ended
+            continue
+        cpu += more_cpu
+        switches += more_switches
+    for child in _children(pid):
+        more_cpu, more_switches = process_figures(child)
+        cpu += more_cpu
+        switches += more_switches
+    return cpu, switches
 
 
 def free_port() -> int:
@@ -231,10 +259,11 @@ def one_run(
     proc, base = start_server(server, mode, receiver.url)
     try:
         start = receiver.count
+        start_batches = receiver.requests
         ready = wait_ready(proc, base)
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0, switches0 = process_figures(proc.pid)
         found = wrk(base, seconds, conns)
-        cpu1 = cpu_seconds(proc.pid)
+        cpu1, switches1 = process_figures(proc.pid)
         run.rps, run.p50_ms, run.p99_ms = found["rps"], found["p50"], found["p99"]
         run.errors = int(found.get("errors", 0))
         served = int(found["requests"]) - run.errors
@@ -243,8 +272,10 @@ def one_run(
         # The app's own count: wrk leaves out the requests in flight when it stops.
         run.logged = int(run.stats.get("logged", EVENTS_PER_REQUEST * (ready + served)))
         run.cpu_us_per_request = (cpu1 - cpu0) / max(served, 1) * 1e6
+        run.switches_per_request = (switches1 - switches0) / max(served, 1)
         if mode != "none":
             run.received = settle(receiver, start + run.logged, 3.0, 30.0) - start
+            run.batches = receiver.requests - start_batches
         # A burst of load, then SIGTERM at once: what was queued then is what may be lost.
         before = receiver.count
         burst = wrk(base, term_seconds, conns)
@@ -307,6 +338,8 @@ def report(runs: List[Run], servers: List[str], modes: List[str]) -> str:
                     f"{p99:.1f}",
                     f"{vs_p99:.2f}",
                     f"{median([r.cpu_us_per_request for r in mine]):.0f}",
+                    f"{median([r.switches_per_request for r in mine]):.2f}",
+                    "" if none else f"{received / max(sum(r.batches for r in mine), 1):.1f}",
                     f"{logged:,}",
                     "" if none else f"{received:,}",
                     lost,
@@ -326,6 +359,8 @@ def report(runs: List[Run], servers: List[str], modes: List[str]) -> str:
             "p99 ms",
             "p99 vs none",
             "server CPU us/request",
+            "context switches/request",
+            "events per batch",
             "events logged",
             "received",
             "not received",
