@@ -470,8 +470,12 @@ def _kept_track_properties(properties: Dict[str, Any]) -> Union[str, Dict[str, A
     there, else a snapshot; ``None`` when they need the general path."""
     plain_json = _json.PLAIN_JSON
     if plain_json is None:
-        copied: Dict[str, Any] = snapshot(properties)
-        return copied
+        # snapshot() of a dict, without the call: this is the caller's thread.
+        for item in properties.values():
+            if type(item) not in SCALARS:
+                copied: Dict[str, Any] = copy_tree(properties, {}, 0)
+                return copied
+        return properties.copy()
     try:
         # As str: orjson's bytes keep a 4 KB buffer each, which a queue would hold.
         kept: str = plain_json(properties, option=PLAIN_OPTIONS).decode()

@@ -324,11 +324,44 @@ _encoder = json.JSONEncoder(
 )
 
 
+_quote = json.encoder.encode_basestring  # what _encoder writes for a str (non-ASCII kept)
+
+
+def _flat_object(value: Dict[Any, Any]) -> Optional[str]:
+    """What ``_encoder`` writes for a dict of str keys and JSON scalars (the usual
+    properties), written here without building an encoder per call: half the time;
+    ``None`` for any other dict. Raises what ``_encoder`` would (an int too long to write).
+    """
+    parts = []
+    for key, item in value.items():
+        kind = type(item)
+        if type(key) is not str:
+            return None
+        if kind is str:
+            text = _quote(item)
+        elif kind is int:
+            text = int.__repr__(item)
+        elif kind is bool:
+            text = "true" if item else "false"
+        elif item is None:
+            text = "null"
+        elif kind is float and math.isfinite(item):
+            text = float.__repr__(item)
+        else:  # containers, subclasses, NaN and infinities: the encoder's own path
+            return None
+        parts.append(f"{_quote(key)}:{text}")
+    return "{" + ",".join(parts) + "}"
+
+
 def plain_json(value: Any) -> Optional[str]:
     """The compact JSON of a dict, list or tuple that ``json`` writes as it is (values
     it cannot carry converted, no key twice); ``None`` for one that needs
     :func:`to_json_safe` first. Never raises; may hold lone surrogates."""
     try:
+        if type(value) is dict:
+            text = _flat_object(value)
+            if text is not None:
+                return text
         if type(value) in _NESTED_TYPES and _keys_are_plain(value):
             return _encoder.encode(value)
     except Exception:  # NaN, cycles, deep nesting, keys json refuses, huge ints...

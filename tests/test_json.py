@@ -450,6 +450,33 @@ class TestProperties:
         assert to_json_safe(converted) == converted  # already safe: unchanged
 
 
+class TestFlatObjects:
+    @given(
+        st.dictionaries(
+            st.text(),
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+            max_size=8,
+        )
+    )
+    def test_a_flat_dict_is_written_as_the_encoder_writes_it(self, value: Dict[str, Any]) -> None:
+        """A dict of str keys and scalars gets, byte for byte, the standard encoder's JSON
+        (None where the encoder refuses it: NaN, infinities)."""
+        try:
+            expected = _json._encoder.encode(value)
+        except ValueError:
+            expected = None
+        assert _json.plain_json(value) == expected
+
+    @pytest.mark.parametrize(
+        "value",
+        [{1: "a"}, {"a": TextKey("b")}, {TextKey("k"): 1}, {"a": [1]}, {"a": True, "b": 2**64}],
+    )
+    def test_other_dicts_take_the_encoders_path(self, value: Dict[Any, Any]) -> None:
+        """Keys that are not str, subclasses and containers are left to the encoder's path."""
+        flat = _json._flat_object(value)
+        assert flat is None or flat == _json._encoder.encode(value)
+
+
 class TestDecodeJson:
     @pytest.mark.parametrize(
         "text",

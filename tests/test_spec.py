@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import gzip
 import json
 from typing import Any, Dict
@@ -133,6 +134,29 @@ class TestCheckMessage:
         """Timestamps must be an ISO-8601 date and time."""
         assert is_iso8601(text) is ok
 
+    @pytest.mark.parametrize(
+        "date", ["2024-02-29", "2023-02-29", "2026-04-31", "2026-00-10", "0000-01-01", "9999-12-31"]
+    )
+    @pytest.mark.parametrize(
+        "clock", ["23:59:60", "24:00:00", "00:60:00", "12:00:61", "07:08:09.123456789"]
+    )
+    @pytest.mark.parametrize("zone", ["Z", "+05:30", "-00:00"])
+    def test_iso8601_in_the_usual_form_is_checked_as_any_other(
+        self, date: str, clock: str, zone: str
+    ) -> None:
+        """A timestamp in the form clients send gets the same answer as one with a space."""
+        usual = f"{date}T{clock}{zone}"
+        other = f" {date} {clock}{zone} "  # not the usual form: read field by field
+        hour, minute, second = (int(part) for part in clock.split(".")[0].split(":"))
+        try:
+            dt.date.fromisoformat(date)
+        except ValueError:
+            expected = False
+        else:
+            expected = hour <= 23 and minute <= 59 and second <= 60
+        assert is_iso8601(usual) is expected
+        assert is_iso8601(other) is expected
+
 
 class TestCheckRequest:
     """``check_request``: how a request as a whole is answered."""
@@ -222,6 +246,22 @@ class TestCheckRequest:
         assert verdict.status == 200 and verdict.invalid == 1
         strict = check_request("/v1/batch", AUTH, body, strict=True)
         assert strict.status == 400 and "1 of 2" in (strict.error or "")
+
+    def test_large_message_among_small_ones_is_found(self) -> None:
+        """Each message is held to 32 KB, wherever it sits among others that fit."""
+        big = valid(properties={"t": "x" * 40_000})
+        near = valid(properties={"t": "y" * 30_000})  # fits alone, not with its neighbours
+        body = self.batch(valid(), near, valid(), big, *[valid() for _ in range(50)], near)
+        verdict = check_request("/v1/batch", AUTH, body)
+        errors = [c.errors for c in verdict.messages]
+        assert errors[3] and "over the 32 KB limit" in errors[3][0]
+        assert [i for i, e in enumerate(errors) if e] == [3]
+
+    def test_lone_surrogate_is_a_message_not_a_crash(self) -> None:
+        """A lone surrogate escape (valid JSON) is checked and sized, never raises."""
+        body = b'{"batch": [{"type": "track", "userId": "u", "event": "\\ud800"}]}'
+        verdict = check_request("/v1/batch", AUTH, body)
+        assert verdict.status == 200 and verdict.messages[0].valid
 
     def test_single_call_path(self) -> None:
         """POST /v1/identify carries one message whose type is the path's."""

@@ -93,9 +93,10 @@ class SpecCheck:
                 counts["unreadable"] += 1
             if verdict.status >= 400:
                 counts["rejected"] += 1
+            invalid = sum(1 for m in verdict.messages if m.errors)
             counts["messages"] += len(verdict.messages)
-            counts["invalid"] += sum(1 for m in verdict.messages if not m.valid)
-            counts["valid"] += sum(1 for m in verdict.messages if m.valid)
+            counts["invalid"] += invalid
+            counts["valid"] += len(verdict.messages) - invalid
             if self.keep:
                 self._verdicts.append(verdict)
         if self.on_verdict is not None:
@@ -159,9 +160,30 @@ class SpecCheck:
 # --------------------------------------------------------------------------- output
 
 
+# One encoder for every line: json.dumps with these options would build one per call, a
+# quarter of the time the receiver spends on a message it prints.
+_READABLE_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def _short(value: Any, width: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = value if isinstance(value, str) else _READABLE_JSON.encode(value)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# What describe_message shows, in order: a field, its width, and whether it shows only when
+# truthy (an empty properties object says nothing) rather than whenever it is not null.
+_DESCRIBED = (
+    ("userId", 30, False),
+    ("anonymousId", 30, False),
+    ("event", 40, False),
+    ("name", 40, False),
+    ("category", 40, False),
+    ("groupId", 40, False),
+    ("previousId", 40, False),
+    ("properties", 60, True),
+    ("traits", 60, True),
+    ("timestamp", 32, False),
+)
 
 
 def describe_message(message: Any) -> str:
@@ -169,17 +191,11 @@ def describe_message(message: Any) -> str:
     if not isinstance(message, dict):
         return _short(message)
     parts: List[str] = []
-    for name in ("userId", "anonymousId"):
-        if message.get(name) is not None:
-            parts.append(f"{name}={_short(message[name], 30)}")
-    for name in ("event", "name", "category", "groupId", "previousId"):
-        if message.get(name) is not None:
-            parts.append(f"{name}={_short(message[name], 40)}")
-    for name in ("properties", "traits"):
-        if message.get(name):
-            parts.append(f"{name}={_short(message[name])}")
-    if message.get("timestamp") is not None:
-        parts.append(f"timestamp={_short(message['timestamp'], 32)}")
+    get = message.get
+    for name, width, if_truthy in _DESCRIBED:
+        value = get(name)
+        if value is not None and (value or not if_truthy):
+            parts.append(f"{name}={_short(value, width)}")
     return "  ".join(parts)
 
 
@@ -209,12 +225,13 @@ class _Printer:
                 record = _jsonl_record(
                     received, request, verdict, checked.valid, checked.errors, checked.message
                 )
-                out.append(json.dumps(record, ensure_ascii=False, default=str))
+                out.append(_READABLE_JSON.encode(record))
             else:
-                status = "ok      " if checked.valid else "INVALID "
+                errors = checked.errors
+                status = "INVALID " if errors else "ok      "
                 line = f"{clock}  {status}  {checked.type:<8}  {describe_message(checked.message)}"
-                if checked.errors:
-                    line += "  <- " + "; ".join(checked.errors)
+                if errors:
+                    line += "  <- " + "; ".join(errors)
                 out.append(line)
         if out:
             with self._lock:
