@@ -15,7 +15,7 @@ import re
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Set, Tuple
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -264,6 +264,7 @@ class ScriptedReceiver:
         self.default = default
         self.headers: Dict[str, str] = {}
         self.statuses: List[int] = []
+        self.refuse_ids: Set[str] = set()  # a batch holding one of these is answered 400
         self.held = threading.Event()
         self.held.set()
         self.cond = threading.Condition()
@@ -313,6 +314,8 @@ class ScriptedReceiver:
             ids = [m["messageId"] for m in json.loads(body)["batch"]]
             with self.cond:  # recorded before the answer: the client may look at once
                 status = self.statuses.pop(0) if self.statuses else self.default
+                if self.refuse_ids.intersection(ids):
+                    status = 400
                 headers = dict(self.headers)
                 self.answered.append(status)
                 self.alone.append(alone)
