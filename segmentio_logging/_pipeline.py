@@ -247,6 +247,7 @@ class Pipeline:
     def drain(self) -> None:
         """Deliver everything queued, a batch at a time; under a backlog, several at once."""
         while True:
+            self._sender.wait_resumed()
             items = self.take()
             if not items:
                 return

@@ -97,6 +97,7 @@ class Sender:
     def _run(self) -> None:
         with marked_busy():
             while True:
+                self.wait_resumed()
                 items = self._take()
                 if not items:
                     return
@@ -108,6 +109,13 @@ class Sender:
                     _report.warn(
                         f"sender-{self.callbacks.serial}", f"sender error {error_text(exc)}"
                     )
+
+    def wait_resumed(self) -> None:
+        """While the receiver is down, leave the events queued until a request may go:
+        a full queue then drops what is logged (counted, reported) instead of senders
+        holding batch after batch. At the close deadline it waits no more: what is left
+        is then given up by the transport, reported."""
+        self.transport.backoff.wait_resumed(lambda: self.deadline.at)
 
     # ------------------------------------------------------------------ one batch
 
