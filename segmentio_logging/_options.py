@@ -26,7 +26,7 @@ DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024  # also the disk spool's default (_sp
 MIN_SPOOL_MAX_BYTES = 64 * 1024  # two Segment-sized messages, with room to spare
 # Chosen by measurement (docs/delivery-network.md): full requests, several at once,
 # carry a receiver 100 ms away as fast as loopback.
-DEFAULT_BATCH_SIZE = 500
+DEFAULT_BATCH_SIZE = 1000
 DEFAULT_MAX_IN_FLIGHT = 8
 MAX_IN_FLIGHT = 64  # threads and connections per pipeline
 

@@ -16,7 +16,6 @@ import encodings.idna  # noqa: F401  (imported lazily by socket code; a fork mid
 import json
 import math
 import platform
-import random
 import threading
 import time
 import zlib
@@ -34,9 +33,7 @@ from ._version import __version__
 
 BATCH_PATH = "/v1/batch"
 GZIP_LEVEL = 1  # JSON batches: level 6 costs four times the CPU for a few % smaller bodies
-BACKOFF_BASE = 0.5  # seconds before the first retry, at most; doubles each time
-BACKOFF_CAP = DEFAULT_MAX_BACKOFF
-MAX_RETRY_AFTER = DEFAULT_MAX_RETRY_AFTER
+BACKOFF_BASE = 0.5  # seconds before the first probe, at most; doubles each time
 MAX_BODY_TEXT = 2_000
 
 USER_AGENT = (
@@ -127,11 +124,6 @@ def retry_after(
     if not math.isfinite(seconds):
         return None
     return min(max(seconds, 0.0), cap)
-
-
-def backoff(attempt: int) -> float:
-    """Full jitter: uniform between 0 and ``BACKOFF_BASE * 2**(attempt-1)``, capped."""
-    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * (2 ** max(attempt - 1, 0))))
 
 
 def _gzip(body: bytes) -> bytes:

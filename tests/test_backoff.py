@@ -213,3 +213,46 @@ def test_a_spool_keeps_events_through_an_outage(
     assert client.flush(timeout=30)
     stats = client.stats()
     assert (stats["delivered"], stats["failed"], stats["dropped"]) == (50, 0, 0)
+
+
+class TestDelays:
+    @pytest.mark.parametrize("failures", [1, 2, 3, 4, 10])
+    def test_jitter_within_bounds(self, failures: int) -> None:
+        """The n-th failure waits between half and all of base * 2**(n-1), capped."""
+        ceiling = min(30.0, 0.5 * 2 ** (failures - 1))
+        delays = []
+        for _ in range(50):
+            backoff = Backoff(max_backoff=30.0)
+            for _ in range(failures):
+                delay = backoff.failed(backoff.epoch, base=0.5)
+            delays.append(delay)
+        assert all(ceiling / 2 - 0.01 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1
+
+    def test_max_backoff_caps_the_delay(self) -> None:
+        """However many failures, no pause is longer than max_backoff."""
+        backoff = Backoff(max_backoff=2.0)
+        delays = [backoff.failed(backoff.epoch, base=1.0) for _ in range(40)]
+        assert max(delays) <= 2.0
+
+    def test_retry_after_is_capped_by_max_retry_after(self) -> None:
+        """A Retry-After longer than max_retry_after pauses max_retry_after."""
+        backoff = Backoff(max_retry_after=120.0)
+        assert 119.0 < backoff.failed(0, base=0.5, retry_after=3600) <= 120.0
+
+    def test_a_pause_past_the_limit_gives_up_at_once(self) -> None:
+        """wait_turn returns None at once when the pause ends past the caller's limit."""
+        backoff = Backoff()
+        backoff.failed(0, base=0.5, retry_after=60)
+        end = time.monotonic() + 1
+        assert backoff.wait_turn(lambda: end) is None
+
+    def test_one_probe_at_a_time(self) -> None:
+        """Once the pause is over, the first caller probes and a second waits for it."""
+        backoff = Backoff()
+        backoff.failed(0, base=0.0)  # a pause of zero: probing may start at once
+        assert backoff.wait_turn(lambda: float("inf")) == 1
+        now = time.monotonic()
+        assert backoff.wait_turn(lambda: now) is None  # the probe is out: wait, here not at all
+        backoff.answered(1)
+        assert backoff.wait_turn(lambda: now) == 1  # up again: no waiting

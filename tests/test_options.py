@@ -25,7 +25,7 @@ DEFAULTS: Dict[str, Any] = {
     "write_key": None,
     "host": "https://api.segment.io",
     "gzip": True,
-    "batch_size": 500,
+    "batch_size": 1000,
     "flush_interval": 0.5,
     "max_queue_size": 10_000,
     "timeout": 15.0,
@@ -256,7 +256,7 @@ class TestEnvironment:
     def test_none_and_empty_variables_count_as_unset(self) -> None:
         """A keyword of None and an empty variable both leave the default in place."""
         options = resolve({"SEGMENT_BATCH_SIZE": ""}, write_key="k", batch_size=None)
-        assert options.batch_size == 500
+        assert options.batch_size == 1000
 
     def test_the_handler_and_client_read_the_process_environment(
         self, monkeypatch: pytest.MonkeyPatch

@@ -21,7 +21,6 @@ from segmentio_logging._transport import (
     Deadline,
     Outcome,
     Transport,
-    backoff,
     batch_body,
     cut_by_bytes,
     envelope_size,
@@ -407,21 +406,6 @@ class TestRetryAfterParsing:
 
 
 class TestBackoff:
-    @pytest.mark.parametrize("attempt", [1, 2, 3, 4, 10])
-    def test_full_jitter_within_bounds(self, attempt: int) -> None:
-        """Each wait is uniform in [0, base * 2**(attempt-1)], capped."""
-        bound = min(_transport.BACKOFF_CAP, _transport.BACKOFF_BASE * 2 ** (attempt - 1))
-        waits = [backoff(attempt) for _ in range(200)]
-        assert all(0 <= w <= bound for w in waits)
-        assert len(set(waits)) > 1
-        assert max(waits) > bound / 2
-
-    def test_cap(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Late attempts never wait past BACKOFF_CAP."""
-        monkeypatch.setattr(_transport, "BACKOFF_BASE", 1.0)
-        monkeypatch.setattr(_transport, "BACKOFF_CAP", 2.0)
-        assert all(backoff(30) <= 2.0 for _ in range(100))
-
     @pytest.mark.parametrize(
         ("status", "expected"),
         [
