@@ -1,7 +1,8 @@
 """Delivery over a network: late or failing receivers, ours beside the official client.
 
-    python benchmarks/network.py            # full run (about 15 minutes)
-    python benchmarks/network.py --quick    # short run (about 2 minutes)
+    python benchmarks/network.py            # full run (about 20 minutes)
+    python benchmarks/network.py --quick    # short run (about 5 minutes)
+    python benchmarks/network.py --sweep    # ours: batch_size x max_in_flight at 100 ms
 
 Each case runs in a fresh process against a receiver in another process, on
 127.0.0.1, that waits ``delay`` before each answer (a round trip to a
@@ -11,7 +12,8 @@ options, the official ``segment-analytics-python`` client with its defaults,
 and the official client tuned by hand (``thread=8, upload_size=2500``).
 Measured: events/s the receiver took, events dropped (or lost), and the time
 from the receiver's recovery to the last event delivered. Needs the ``bench``
-extra. Prints a Markdown table, with the goals beside it.
+extra. Prints a Markdown table, with the goals beside it; the two
+as-fast-as-possible rows are medians of rounds that alternate them.
 """
 
 from __future__ import annotations
@@ -304,6 +306,22 @@ def cases(quick: bool) -> List[Case]:
     ]
 
 
+def measure_throughput(
+    pair: List[Case], contenders: List[str], rounds: int
+) -> Dict[Tuple[str, str], Result]:
+    """The two as-fast-as-possible cases, alternated over ``rounds``: the median of each,
+    so that a machine shared with other work weighs on both alike."""
+    runs: Dict[Tuple[str, str], List[Result]] = {}
+    for _ in range(rounds):
+        for contender in contenders:
+            for case in pair:
+                runs.setdefault((case.name, contender), []).append(measure(contender, case, 300))
+    return {
+        key: sorted(results, key=lambda r: r.rate)[len(results) // 2]
+        for key, results in runs.items()
+    }
+
+
 SWEEP = [(100, 1), (100, 8), (250, 8), (500, 4), (500, 8), (1000, 8), (2500, 4), (2500, 8)]
 
 
@@ -338,10 +356,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     print("|---|---|---:|---:|---:|---:|---:|---|")
     rates: Dict[Tuple[str, str], float] = {}
+    throughput = measure_throughput(cases(args.quick)[:2], contenders, 2 if args.quick else 3)
     for case in cases(args.quick):
         for contender in contenders:
             limit = case.seconds + (case.outage[2] if case.outage else 0) + 120
-            result = measure(contender, case, limit)
+            if (case.name, contender) in throughput:
+                result = throughput[(case.name, contender)]
+            else:
+                result = measure(contender, case, limit)
             rates[(case.name, contender)] = result.rate
             lost = result.offered - result.delivered
             recover = f"{result.recover:.1f} s" if result.recover is not None else ""
