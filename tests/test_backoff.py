@@ -3,6 +3,7 @@ time, Retry-After pausing every sender, permanent answers failing fast."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator, List
@@ -256,3 +257,12 @@ class TestDelays:
         assert backoff.wait_turn(lambda: now) is None  # the probe is out: wait, here not at all
         backoff.answered(1)
         assert backoff.wait_turn(lambda: now) == 1  # up again: no waiting
+
+
+def test_the_documented_example_runs() -> None:
+    """The Python example of docs/delivery-network.md runs as written."""
+    doc = Path(__file__).resolve().parent.parent / "docs" / "delivery-network.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, str(doc), "exec"), {})
