@@ -29,7 +29,7 @@ from ._errors import ClosedError, SegmentError
 from ._json import error_text
 from ._lifecycle import CLOSE_GRACE, marked_busy, may_wait
 from ._message import Encode, Encoded
-from ._outcomes import Callback, Callbacks, Ledger
+from ._outcomes import Callback, Callbacks, Ledger, report_unanswered, sweep
 from ._senders import Sender
 from ._transport import Deadline, Outcome, Transport
 
@@ -256,19 +256,17 @@ class Pipeline:
             self._process(items)
             self.report_full()  # between batches: a slow receiver must not delay the report
 
+    # Sending is the sender's job (_senders.py); these are what the delivery may use of it.
     def encode_all(self, items: List[Any]) -> Batch:
-        """Encode ``items``; those that cannot become a message are reported, not counted."""
         return self._sender.encode_all(items)
 
     def _process(self, items: List[Any]) -> None:
         self._sender.process(items)
 
     def send_cut(self, messages: List[Optional[Dict[str, Any]]], parts: List[bytes]) -> None:
-        """Deliver ``parts`` in requests that each fit the request size; settle them."""
         self._sender.send_cut(messages, parts)
 
     def deliver(self, parts: List[bytes]) -> List[Outcome]:
-        """POST ``parts`` through the transport; a transport bug becomes a failed outcome."""
         return self._sender.deliver(parts)
 
     def report_full(self) -> None:
@@ -418,32 +416,14 @@ class Pipeline:
         """The worker is stuck in a request the receiver does not answer: what is still
         queued will not be sent before exit. Say so now rather than never."""
         self._sweep_queue("still queued at the close deadline: not sent")
-        with self.ledger.lock:  # the swept ones are settled (dropped) by now
-            in_flight = self.ledger.taken - self.ledger.settled_count()
-        if in_flight > 0:
-            _report.warn(
-                f"in-flight-{self.serial}",
-                f"{in_flight} message{'s' if in_flight != 1 else ''} in a request the "
-                "receiver had not answered at the close deadline: outcome unknown",
-            )
+        report_unanswered(self.ledger, self.serial)
 
     def _sweep_after_close(self) -> None:
-        if self.worker_alive():
-            return
-        self._sweep_queue("still queued at close: not sent")
+        if not self.worker_alive():
+            self._sweep_queue("still queued at close: not sent")
 
     def _sweep_queue(self, why: str) -> None:
-        """Settle what is still queued as dropped, reported with ``why``."""
-        with self.ledger.lock:
-            left = list(self._queue)
-            self._queue.clear()
-            self.ledger.taken += len(left)
-        if left:
-            plural = "s" if len(left) != 1 else ""
-            error = ClosedError(f"{len(left)} message{plural} {why}", count=len(left))
-            _report.warn(f"swept-{self.serial}", error.reason)
-            self.callbacks.refused(left, error)
-            self.ledger.settle(dropped=len(left))
+        sweep(self._queue, self.ledger, self.callbacks, why)
 
     # ------------------------------------------------------------------ fork, stats
 
