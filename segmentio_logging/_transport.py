@@ -327,6 +327,8 @@ class _Attempt:
             epoch = transport.backoff.wait_turn(self.limit)
             remaining = self.limit() - time.monotonic()
             if epoch is None or remaining <= 0:
+                if epoch is not None:
+                    transport.backoff.release(epoch)  # a probe that does not go: let another
                 out.append(
                     (start, end, transport._give_up(self.why_stopped(), count, attempts, last))
                 )
