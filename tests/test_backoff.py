@@ -100,6 +100,21 @@ class TestNothingGivenUp:
         reasons = [error.reason for _, error in failures.calls]
         assert any("shutdown deadline" in reason for reason in reasons)
 
+    def test_a_hanging_receiver_is_waited_for(
+        self, receiver: ScriptedReceiver, clients: List[Client]
+    ) -> None:
+        """Requests that time out (the receiver hangs) are retried until it answers."""
+        receiver.held.clear()
+        client = make_client(clients, receiver.url, timeout=0.3)
+        track(client, 3)
+        assert outage_seen(client, 2)
+        assert client.stats()["failed"] == 0
+        receiver.held.set()
+        assert client.flush(timeout=30)
+        assert set(receiver.accepted) == {"m0", "m1", "m2"}  # perhaps twice: deduplicated
+        stats = client.stats()
+        assert (stats["delivered"], stats["failed"]) == (3, 0)
+
     def test_flush_without_a_timeout_does_not_wait_out_an_outage(
         self, receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
@@ -247,6 +262,16 @@ class TestDelays:
         backoff.failed(0, base=0.5, retry_after=60)
         end = time.monotonic() + 1
         assert backoff.wait_turn(lambda: end) is None
+
+    def test_a_probe_that_does_not_go_lets_another(self) -> None:
+        """release() by the probe lets the next caller probe instead."""
+        backoff = Backoff()
+        backoff.failed(0, base=0.0)
+        epoch = backoff.wait_turn(lambda: float("inf"))
+        assert epoch == 1
+        backoff.release(epoch)
+        now = time.monotonic()
+        assert backoff.wait_turn(lambda: now + 5) == 1
 
     def test_one_probe_at_a_time(self) -> None:
         """Once the pause is over, the first caller probes and a second waits for it."""
