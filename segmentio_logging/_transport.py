@@ -34,6 +34,9 @@ from ._version import __version__
 BATCH_PATH = "/v1/batch"
 GZIP_LEVEL = 1  # JSON batches: level 6 costs four times the CPU for a few % smaller bodies
 BACKOFF_BASE = 0.5  # seconds before the first probe, at most; doubles each time
+# With sync_mode a call delivers on the caller's thread: unless retry_budget is set, it
+# waits this long for a receiver that is down, then the batch fails (reported).
+SYNC_RETRY_BUDGET = 60.0
 MAX_BODY_TEXT = 2_000
 
 USER_AGENT = (
@@ -397,13 +400,16 @@ class NullTransport(Transport):
 def transport_for(options: Options) -> Transport:
     """The HTTP transport ``options`` describe (with ``send=False``, one that sends nothing)."""
     transport_class = Transport if options.send else NullTransport
+    budget = options.retry_budget
+    if budget is None and options.sync_mode:
+        budget = SYNC_RETRY_BUDGET  # the caller's own thread waits: not forever
     return transport_class(
         host=options.host,
         write_key=options.write_key,
         gzip=options.gzip,
         timeout=options.timeout,
         max_retries=options.max_retries,
-        retry_budget=options.retry_budget,
+        retry_budget=budget,
         max_in_flight=options.max_in_flight,
         max_backoff=options.max_backoff,
         max_retry_after=options.max_retry_after,

@@ -15,6 +15,7 @@ import pytest
 
 from segmentio_logging import DeliveryError, Response, __version__, _transport
 from segmentio_logging._message import build_message, encode
+from segmentio_logging._options import resolve_options
 from segmentio_logging._segment import MAX_BATCH_BYTES
 from segmentio_logging._timestamps import format_timestamp
 from segmentio_logging._transport import (
@@ -26,6 +27,7 @@ from segmentio_logging._transport import (
     envelope_size,
     is_retryable,
     retry_after,
+    transport_for,
 )
 from segmentio_logging.testing import LocalCollector, Reply
 
@@ -611,3 +613,18 @@ class TestBatchBody:
         body = batch_body(parts, key, format_timestamp(CREATED))
         assert len(body) <= MAX_BATCH_BYTES
         assert len(json.loads(body)["batch"]) == len(parts)
+
+
+class TestTransportFor:
+    def test_sync_mode_bounds_the_wait_of_the_callers_thread(self) -> None:
+        """With sync_mode and no retry_budget, the caller waits at most 60 s for a receiver
+        that is down; without sync_mode there is no limit; a retry_budget set is kept."""
+
+        def budget(**options: Any) -> Any:
+            transport = transport_for(resolve_options({"write_key": "k", **options}, {}))
+            transport.close()
+            return transport.retry_budget
+
+        assert budget(sync_mode=True) == 60.0
+        assert budget() is None
+        assert budget(sync_mode=True, retry_budget=5) == 5.0
