@@ -11,6 +11,13 @@ deduplicates on messageId). Exits 1 when any event is lost or the callbacks
 disagree with the counters.
 
 Backoff is shortened (``BACKOFF_BASE``) so the whole matrix runs in seconds.
+
+    python scripts/fault_matrix.py --real-time
+
+adds rows that run in real time with the default options (about six minutes):
+a receiver answering 503 for two minutes while the app logs 20 events a
+second, a 429 with ``Retry-After: 120``, and a receiver down while the queue
+overflows (drops counted exactly). Each must lose nothing it did not count.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from segmentio_logging import SegmentHandler, _transport
 from segmentio_logging.testing import LocalCollector, Reply
 
 EVENTS = 200
+DEFAULT_BACKOFF_BASE = _transport.BACKOFF_BASE  # the real-time rows run with the defaults
 BATCH_SIZE = 20
 BASE_OPTIONS: Dict[str, Any] = {
     "batch_size": BATCH_SIZE,
@@ -72,7 +80,11 @@ def scenarios() -> List[Scenario]:
         Scenario("413 once (split)", [Reply(413)]),
         Scenario("413 limit 2 KB (recursive)", max_body_bytes=2_000),
         Scenario("500 forever", default=Reply(500), options={"max_retries": 2}),
-        Scenario("429 past retry budget", default=Reply.retry_after(30, 429)),
+        Scenario(
+            "429 past retry budget",
+            default=Reply.retry_after(1, 429),
+            options={"retry_budget": 0.5},
+        ),
         Scenario("refused (port closed)", refused=True, options={"max_retries": 2}),
         Scenario(
             "hang + full queue",
@@ -173,9 +185,117 @@ def run(scenario: Scenario, index: int) -> Row:
     )
 
 
+@dataclass
+class RealTime:
+    """A row run in real time with the default options: ``replies`` then ``default``
+    until ``outage`` seconds have passed, while ``rate`` events a second are logged
+    for ``seconds``."""
+
+    name: str
+    default: Reply
+    outage: float
+    rate: float
+    seconds: float
+    replies: List[Reply] = field(default_factory=list)
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+def real_time_rows(scale: float) -> List[RealTime]:
+    return [
+        RealTime("503 for 2 min, 20/s", Reply(503), 120 * scale, 20, 130 * scale),
+        RealTime(
+            "429 Retry-After: 120, 20/s",
+            Reply(),
+            0,
+            20,
+            130 * scale,
+            replies=[Reply.retry_after(120 * scale, 429)],
+        ),
+        RealTime(
+            "down, queue overflows",
+            Reply(503),
+            20 * scale,
+            100,
+            10 * scale,
+            options={"max_queue_size": 300},
+        ),
+    ]
+
+
+def run_real_time(row: RealTime, index: int) -> Row:
+    """Log at ``row.rate`` while the receiver misbehaves; then wait for all to arrive."""
+    _transport.BACKOFF_BASE = DEFAULT_BACKOFF_BASE
+    collector = LocalCollector().start()
+    collector.script(*row.replies)
+    collector.default = row.default
+    lock = threading.Lock()
+    reported = {"dropped": 0, "failed": 0}
+
+    def on_failure(data: List[Any], error: Any) -> None:
+        with lock:
+            kind = "dropped" if isinstance(error, segmentio_logging.QueueFull) else "failed"
+            reported[kind] += getattr(error, "count", len(data))
+
+    handler = SegmentHandler("matrix-key", host=collector.url, on_failure=on_failure, **row.options)
+    logger = logging.getLogger(f"fault_matrix.real.{index}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    began = time.monotonic()
+    sent = 0
+    recovered = row.outage <= 0
+    total = int(row.rate * row.seconds)
+    while sent < total or not recovered:
+        now = time.monotonic()
+        if not recovered and now - began >= row.outage:
+            collector.default, recovered = Reply(), True
+        while sent < min(int((now - began) * row.rate) + 1, total):
+            logger.info(
+                "Matrix Event", extra={"user_id": f"u{sent % 7}", "properties": {"i": sent}}
+            )
+            sent += 1
+        time.sleep(0.01)
+    flushed = handler.flush(180)
+    seconds = time.monotonic() - began
+    logger.removeHandler(handler)
+    handler.close()
+    collector.stop()
+    stats = handler.stats()
+    received = Counter(m.get("messageId") for m in collector.messages)
+    problems = []
+    if not flushed:
+        problems.append("flush timed out")
+    if reported["dropped"] != stats["dropped"]:
+        problems.append(f"on_failure reported {reported['dropped']} dropped")
+    if stats["failed"] or reported["failed"]:
+        problems.append("events given up")
+    if len(received) != stats["delivered"] or stats["delivered"] + stats["dropped"] != sent:
+        problems.append(f"receiver has {len(received)}")
+    duplicates = sum(n - 1 for n in received.values() if n > 1)
+    lost = sent - stats["delivered"] - stats["failed"] - stats["dropped"]
+    return Row(
+        row.name,
+        sent,
+        stats["delivered"],
+        stats["failed"],
+        stats["dropped"],
+        lost,
+        duplicates,
+        len(collector.requests),
+        seconds,
+        "; ".join(problems),
+    )
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--backoff-base", type=float, default=0.02, help="seconds (default 0.02)")
+    parser.add_argument(
+        "--real-time", action="store_true", help="also the real-time rows (about six minutes)"
+    )
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="real-time rows: multiply their durations"
+    )
     args = parser.parse_args(argv)
     _transport.BACKOFF_BASE = args.backoff_base
 
@@ -189,8 +309,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("-" * len(header))
     bad = 0
     began = time.monotonic()
-    for index, scenario in enumerate(scenarios()):
-        row = run(scenario, index)
+    rows = [lambda s=s, i=i: run(s, i) for i, s in enumerate(scenarios())]
+    if args.real_time:
+        rows += [
+            lambda r=r, i=i: run_real_time(r, i) for i, r in enumerate(real_time_rows(args.scale))
+        ]
+    for make_row in rows:
+        row = make_row()
         ok = row.lost == 0 and not row.problem
         bad += not ok
         print(

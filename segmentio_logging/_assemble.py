@@ -32,6 +32,7 @@ def make_pipeline(
         "flush_interval": options.flush_interval,
         "max_queue_size": options.max_queue_size,
         "shutdown_timeout": options.shutdown_timeout,
+        "max_in_flight": options.max_in_flight,
         "on_success": options.on_success,
         "on_failure": options.on_failure,
         "sync_mode": options.sync_mode,

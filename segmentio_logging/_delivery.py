@@ -40,7 +40,7 @@ class Host(Protocol):
     def send_cut(self, messages: List[Optional[Dict[str, Any]]], parts: List[bytes]) -> None: ...
     def deliver(self, parts: List[bytes]) -> List[Outcome]: ...
     def goal(self) -> int: ...
-    def wait_settled(self, end: float) -> bool: ...
+    def wait_settled(self, end: float, *, gave_up: Optional[Callable[[], bool]] = None) -> bool: ...
     def wait(
         self,
         done: Callable[[], bool],
@@ -86,6 +86,14 @@ class Delivery(Protocol):
     def stats(self) -> Dict[str, int]: ...
 
 
+def outage_since_now(transport: Transport) -> Callable[[], bool]:
+    """Whether a request failed for a retryable reason since this call: what ``flush()``
+    without a timeout gives up on (the events stay queued, retried as long as it takes)."""
+    backoff = transport.backoff
+    seen = backoff.outages
+    return lambda: backoff.outages > seen
+
+
 class MemoryDelivery:
     """Batches go from the queue to the transport; nothing is kept anywhere else."""
 
@@ -114,7 +122,10 @@ class MemoryDelivery:
         self.host.transport.close()
 
     def flush(self, timeout: Optional[float]) -> bool:
-        return self.host.wait_settled(end_of(timeout))
+        """Wait until what was queued is settled; without a timeout, not through an outage."""
+        host = self.host
+        gave_up = None if timeout is not None else outage_since_now(host.transport)
+        return host.wait_settled(end_of(timeout), gave_up=gave_up)
 
     def persist(self, timeout: Optional[float]) -> bool:
         """In memory nothing is safe before it was delivered: this is :meth:`flush`."""

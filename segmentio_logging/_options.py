@@ -25,6 +25,11 @@ from ._segment import MAX_BATCH_COUNT, RESERVED_FIELDS, SESSION_ID, STANDARD_REC
 DEFAULT_HOST = "https://api.segment.io"
 DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024  # also the disk spool's default (_spool imports it)
 MIN_SPOOL_MAX_BYTES = 64 * 1024  # two Segment-sized messages, with room to spare
+# Chosen by measurement (docs/delivery-network.md): full requests, several at once,
+# carry a receiver 100 ms away as fast as loopback.
+DEFAULT_BATCH_SIZE = 1000
+DEFAULT_MAX_IN_FLIGHT = 8
+MAX_IN_FLIGHT = 64  # threads and connections per pipeline
 
 SuccessCallback = Callable[[Any, Any], Any]
 FailureCallback = Callable[[Any, Any], Any]
@@ -310,12 +315,17 @@ class Options:
     write_key: Optional[str] = _option(None, _write_key, secret=True)  # kept out of reprs
     host: str = _option(DEFAULT_HOST, _host)
     gzip: bool = _option(True, _bool)
-    batch_size: int = _option(100, _number(int, 1, MAX_BATCH_COUNT))
+    batch_size: int = _option(DEFAULT_BATCH_SIZE, _number(int, 1, MAX_BATCH_COUNT))
     flush_interval: float = _option(0.5, _number(float, 0.001, 3600))
     max_queue_size: int = _option(10_000, _number(int, 1))
     timeout: float = _option(15.0, _number(float, 0.001, 3600))
-    max_retries: int = _option(10, _number(int, 0, 100))
-    retry_budget: float = _option(60.0, _number(float, 0, 86_400))
+    # Unset: a batch that failed for a retryable reason waits for the receiver, however
+    # long; set, it is given up (failed, reported) after that many retries or seconds.
+    max_retries: Optional[int] = _option(None, _optional(_number(int, 0)))
+    retry_budget: Optional[float] = _option(None, _optional(_number(float, 0)))
+    max_in_flight: int = _option(DEFAULT_MAX_IN_FLIGHT, _number(int, 1, MAX_IN_FLIGHT))
+    max_backoff: float = _option(30.0, _number(float, 0.001, 3600))
+    max_retry_after: float = _option(300.0, _number(float, 0, 86_400))
     shutdown_timeout: float = _option(5.0, _number(float, 0, 86_400))
     on_success: Optional[SuccessCallback] = _option(None, _callback)
     on_failure: Optional[FailureCallback] = _option(None, _callback)

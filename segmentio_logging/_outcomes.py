@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional
 
 from . import _report
-from ._errors import DeliveryError, QueueFull, SegmentError
+from ._errors import ClosedError, DeliveryError, QueueFull, SegmentError
 from ._json import decode_json, error_text, safe_str
 from ._lifecycle import marked_busy
 from ._transport import Response
@@ -167,6 +167,32 @@ def call(callback: Optional[Callback], data: Any, arg: Any) -> None:
     except Exception as exc:
         name = safe_str(getattr(callback, "__qualname__", None) or safe_str(callback))
         _report.warn(f"callback-{name}", f"callback {name} raised {error_text(exc)}")
+
+
+def sweep(queue: Deque[Any], ledger: Ledger, callbacks: Callbacks, why: str) -> None:
+    """Settle what is still in ``queue`` as dropped, reported with ``why`` (closing)."""
+    with ledger.lock:
+        left = list(queue)
+        queue.clear()
+        ledger.taken += len(left)
+    if left:
+        plural = "s" if len(left) != 1 else ""
+        error = ClosedError(f"{len(left)} message{plural} {why}", count=len(left))
+        _report.warn(f"swept-{callbacks.serial}", error.reason)
+        callbacks.refused(left, error)
+        ledger.settle(dropped=len(left))
+
+
+def report_unanswered(ledger: Ledger, serial: int) -> None:
+    """At the close deadline: say how many messages are in requests not yet answered."""
+    with ledger.lock:  # what was swept is settled (dropped) by now
+        in_flight = ledger.taken - ledger.settled_count()
+    if in_flight > 0:
+        _report.warn(
+            f"in-flight-{serial}",
+            f"{in_flight} message{'s' if in_flight != 1 else ''} in a request the "
+            "receiver had not answered at the close deadline: outcome unknown",
+        )
 
 
 def transport_failure(count: int, exc: Exception) -> DeliveryError:

@@ -1,8 +1,9 @@
-"""The pipeline: a bounded queue, one batching thread, flush, shutdown and fork.
+"""The pipeline: a bounded queue, a batching worker, flush, shutdown and fork.
 
 Knows nothing of the Segment spec beyond sizes: items are turned into messages
 by an ``encode`` function (on the worker), cut into batches by count and bytes,
-and handed to the transport. The caller's side (:meth:`Pipeline.put`) takes no
+and sent by a :class:`~segmentio_logging._senders.Sender` (the worker itself,
+and extra threads while a backlog exists). The caller's side (:meth:`Pipeline.put`) takes no
 lock: a ``deque`` append and a length check.
 
 Where batches go is a strategy the pipeline holds, a :class:`Delivery`: in
@@ -15,7 +16,6 @@ the "for the delivery" line).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import threading
@@ -25,12 +25,13 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 
 from . import _lifecycle, _report, _threads
 from ._delivery import Batch, Delivery, MemoryDelivery
-from ._errors import ClosedError, DeliveryError, Filtered, InvalidMessage, SegmentError
+from ._errors import ClosedError, SegmentError
 from ._json import error_text
 from ._lifecycle import CLOSE_GRACE, leave_signals_to_other_threads, marked_busy, may_wait
 from ._message import Encode, Encoded
-from ._outcomes import Callback, Callbacks, Ledger, messages_of, transport_failure
-from ._transport import Deadline, Outcome, Transport, cut_by_bytes
+from ._outcomes import Callback, Callbacks, Ledger, report_unanswered, sweep
+from ._senders import Sender
+from ._transport import Deadline, Outcome, Transport
 
 _getpid = os.getpid
 _serials = itertools.count(1)
@@ -59,6 +60,7 @@ class Pipeline:
         flush_interval: float = 0.5,
         max_queue_size: int = 10_000,
         shutdown_timeout: float = 5.0,
+        max_in_flight: int = 1,
         on_success: Optional[Callback] = None,
         on_failure: Optional[Callback] = None,
         sync_mode: bool = False,
@@ -71,6 +73,7 @@ class Pipeline:
         self.flush_interval = flush_interval
         self.max_queue_size = max_queue_size
         self.shutdown_timeout = shutdown_timeout
+        self.max_in_flight = max_in_flight
         self.sync_mode = sync_mode
         self.max_bytes = transport.max_parts_bytes
         # Keys the rate-limited warnings; an id() can be reused by the next pipeline.
@@ -89,6 +92,18 @@ class Pipeline:
         # Whether a caller already woke the worker for a full batch: one plain read per put.
         self._woken = False
         self.deadline = Deadline()
+        self._sender = Sender(
+            transport=self.transport,
+            encode=self.encode,
+            ledger=self.ledger,
+            callbacks=self.callbacks,
+            deadline=self.deadline,
+            take=self.take,
+            queued=self._queue.__len__,
+            batch_size=self.batch_size,
+            max_in_flight=self.max_in_flight,
+            made_with=self._wake,
+        )
         self._thread: Optional[_threads.WorkerThread] = None
         self.inline = self.sync_mode
         # No thread can run (uWSGI without threads): callers deliver when a batch is due.
@@ -171,10 +186,7 @@ class Pipeline:
         self._refuse(item, error, warn=warn)
 
     def _refuse(self, item: Any, error: SegmentError, *, warn: bool = True) -> None:
-        """Report an item that will not be sent: on stderr (rate-limited) and to on_failure."""
-        if warn:
-            _report.warn(f"refused-{self.serial}", f"message not sent: {error.reason}")
-        self.callbacks.refused([item], error)
+        self._sender.refuse(item, error, warn=warn)
 
     # ------------------------------------------------------------------ worker side
 
@@ -233,6 +245,8 @@ class Pipeline:
                 self.report_full()
                 delivery.work()
                 if self.closed and not self._queue:
+                    # The extra senders finish their requests (bounded by the close deadline).
+                    self._sender.join(self.deadline.at + CLOSE_GRACE / 2)
                     self.report_full()
                     delivery.end()
                     return
@@ -252,68 +266,29 @@ class Pipeline:
         return items
 
     def drain(self) -> None:
-        """Deliver everything queued, one batch at a time."""
+        """Deliver everything queued, a batch at a time; under a backlog, several at once."""
         while True:
+            self._sender.wait_resumed()
             items = self.take()
             if not items:
                 return
+            if self._queue:
+                self._sender.help_with_backlog()
             self._process(items)
             self.report_full()  # between batches: a slow receiver must not delay the report
 
+    # Sending is the sender's job (_senders.py); these are what the delivery may use of it.
     def encode_all(self, items: List[Any]) -> Batch:
-        """Encode ``items``; those that cannot become a message are reported, not counted."""
-        messages: List[Optional[Dict[str, Any]]] = []
-        parts: List[bytes] = []
-        dropped = filtered = 0
-        encode = self.encode
-        for item in items:
-            try:
-                message, data = encode(item)
-            except Filtered:
-                filtered += 1
-                continue
-            except Exception as exc:
-                if not isinstance(exc, SegmentError):  # a bug or a hostile object: report
-                    reason = f"could not build the message: {error_text(exc)}"
-                    exc = InvalidMessage(reason)
-                self._refuse(item, exc)
-                dropped += 1
-                continue
-            messages.append(message)
-            parts.append(data)
-        return Batch(messages, parts, dropped, filtered)
+        return self._sender.encode_all(items)
 
     def _process(self, items: List[Any]) -> None:
-        """Encode, cut by bytes and deliver ``items``; settle each one."""
-        batch = self.encode_all(items)
-        self.send_cut(batch.messages, batch.parts)
-        # Counted last: flush() compares counts, and counting these early would let
-        # it return before the earlier items of this batch were sent.
-        if batch.dropped or batch.filtered:
-            self.ledger.settle(dropped=batch.dropped, filtered=batch.filtered)
+        self._sender.process(items)
 
     def send_cut(self, messages: List[Optional[Dict[str, Any]]], parts: List[bytes]) -> None:
-        """Deliver ``parts`` in requests that each fit the request size; settle them."""
-        for start, end in cut_by_bytes(parts, self.max_bytes):
-            self._send(messages[start:end], parts[start:end])
+        self._sender.send_cut(messages, parts)
 
     def deliver(self, parts: List[bytes]) -> List[Outcome]:
-        """POST ``parts`` through the transport; a transport bug becomes a failed outcome."""
-        try:
-            return self.transport.deliver(parts, self.deadline)
-        except Exception as exc:  # a transport bug must settle the batch, not kill the worker
-            return [(0, len(parts), transport_failure(len(parts), exc))]
-
-    def _send(self, messages: List[Optional[Dict[str, Any]]], parts: List[bytes]) -> None:
-        # Callbacks first, counts second: once flush() returns, the callbacks have run.
-        for start, end, outcome in self.deliver(parts):
-            retries = max(outcome.attempts - 1, 0)
-            data = functools.partial(messages_of, messages[start:end], parts[start:end])
-            self.callbacks.sent(data, outcome)
-            if isinstance(outcome, DeliveryError):
-                self.ledger.settle(failed=end - start, retries=retries)
-            else:
-                self.ledger.settle(delivered=end - start, retries=retries)
+        return self._sender.deliver(parts)
 
     def report_full(self) -> None:
         """Tell ``on_failure`` how many items a full queue dropped since the last report."""
@@ -327,8 +302,9 @@ class Pipeline:
         """Under the lock: the settled count at which everything queued until now is done."""
         return self.ledger.taken + len(self._queue)
 
-    def wait_settled(self, end: float) -> bool:
-        """Wait (until ``end``) until everything queued before the call is settled."""
+    def wait_settled(self, end: float, *, gave_up: Optional[Callable[[], bool]] = None) -> bool:
+        """Wait (until ``end``, or ``gave_up()``) until everything queued before the call
+        is settled."""
         ledger = self.ledger
         with ledger.lock:
             goal = self.goal()
@@ -337,7 +313,7 @@ class Pipeline:
         if self._thread is None and not self.closed and not self.inline:
             self.start()
         self._wake.set()
-        return self.wait(lambda: ledger.settled_count() >= goal, end)
+        return self.wait(lambda: ledger.settled_count() >= goal, end, gave_up=gave_up)
 
     def wait(
         self,
@@ -426,6 +402,7 @@ class Pipeline:
         with self.ledger.lock:
             self.closed = True
         self.deadline.set(time.monotonic() + limit)
+        self.transport.backoff.poke()  # senders waiting out an outage look at the deadline
         self._wake.set()
         self.delivery.closing()
 
@@ -460,32 +437,14 @@ class Pipeline:
         """The worker is stuck in a request the receiver does not answer: what is still
         queued will not be sent before exit. Say so now rather than never."""
         self._sweep_queue("still queued at the close deadline: not sent")
-        with self.ledger.lock:  # the swept ones are settled (dropped) by now
-            in_flight = self.ledger.taken - self.ledger.settled_count()
-        if in_flight > 0:
-            _report.warn(
-                f"in-flight-{self.serial}",
-                f"{in_flight} message{'s' if in_flight != 1 else ''} in a request the "
-                "receiver had not answered at the close deadline: outcome unknown",
-            )
+        report_unanswered(self.ledger, self.serial)
 
     def _sweep_after_close(self) -> None:
-        if self.worker_alive():
-            return
-        self._sweep_queue("still queued at close: not sent")
+        if not self.worker_alive():
+            self._sweep_queue("still queued at close: not sent")
 
     def _sweep_queue(self, why: str) -> None:
-        """Settle what is still queued as dropped, reported with ``why``."""
-        with self.ledger.lock:
-            left = list(self._queue)
-            self._queue.clear()
-            self.ledger.taken += len(left)
-        if left:
-            plural = "s" if len(left) != 1 else ""
-            error = ClosedError(f"{len(left)} message{plural} {why}", count=len(left))
-            _report.warn(f"swept-{self.serial}", error.reason)
-            self.callbacks.refused(left, error)
-            self.ledger.settle(dropped=len(left))
+        sweep(self._queue, self.ledger, self.callbacks, why)
 
     # ------------------------------------------------------------------ fork, stats
 

@@ -1,8 +1,10 @@
 """HTTP delivery of encoded batches: ``POST {host}/v1/batch`` over one urllib3 pool.
 
 Knows nothing of logging. Retries 5xx (but 501 and 505), 408, 429 and network
-errors with exponential backoff and full jitter, honours ``Retry-After`` on 429
-and 503, splits a batch on 413, and never waits past its deadline.
+errors for as long as the receiver is down, through the pipeline-wide
+:class:`~segmentio_logging._backoff.Backoff` (one probe at a time, exponential
+and jittered; ``Retry-After`` on 429 and 503 pauses every sender), splits a
+batch on 413, and never waits past its deadline.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import encodings.idna  # noqa: F401  (imported lazily by socket code; a fork mid
 import json
 import math
 import platform
-import random
 import threading
 import time
 import zlib
@@ -23,6 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import urllib3
 from urllib3.exceptions import HTTPError
 
+from ._backoff import DEFAULT_MAX_BACKOFF, DEFAULT_MAX_RETRY_AFTER, Backoff
 from ._connection import Route, refusal, route_for, route_from_options
 from ._errors import DeliveryError
 from ._options import Options
@@ -32,9 +34,10 @@ from ._version import __version__
 
 BATCH_PATH = "/v1/batch"
 GZIP_LEVEL = 1  # JSON batches: level 6 costs four times the CPU for a few % smaller bodies
-BACKOFF_BASE = 0.5  # seconds before the first retry, at most; doubles each time
-BACKOFF_CAP = 10.0
-MAX_RETRY_AFTER = 60.0
+BACKOFF_BASE = 0.5  # seconds before the first probe, at most; doubles each time
+# With sync_mode a call delivers on the caller's thread: unless retry_budget is set, it
+# waits this long for a receiver that is down, then the batch fails (reported).
+SYNC_RETRY_BUDGET = 60.0
 MAX_BODY_TEXT = 2_000
 
 USER_AGENT = (
@@ -99,8 +102,13 @@ def is_retryable(status: Optional[int]) -> bool:
     return 500 <= status <= 599 and status not in (501, 505)
 
 
-def retry_after(headers: Mapping[str, str], now: Optional[float] = None) -> Optional[float]:
-    """Seconds a ``Retry-After`` header asks for (delta seconds or HTTP date), capped."""
+def retry_after(
+    headers: Mapping[str, str],
+    now: Optional[float] = None,
+    *,
+    cap: float = DEFAULT_MAX_RETRY_AFTER,
+) -> Optional[float]:
+    """Seconds a ``Retry-After`` header asks for (delta seconds or HTTP date), at most ``cap``."""
     value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
     if not value:
         return None
@@ -119,12 +127,7 @@ def retry_after(headers: Mapping[str, str], now: Optional[float] = None) -> Opti
         seconds = when.timestamp() - (time.time() if now is None else now)
     if not math.isfinite(seconds):
         return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def backoff(attempt: int) -> float:
-    """Full jitter: uniform between 0 and ``BACKOFF_BASE * 2**(attempt-1)``, capped."""
-    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * (2 ** max(attempt - 1, 0))))
+    return min(max(seconds, 0.0), cap)
 
 
 def _gzip(body: bytes) -> bytes:
@@ -167,7 +170,12 @@ def cut_by_bytes(parts: List[bytes], max_bytes: int) -> Iterator[Tuple[int, int]
 
 
 class Transport:
-    """Sends batches of encoded messages to one Segment-compatible host."""
+    """Sends batches of encoded messages to one Segment-compatible host.
+
+    Several threads may call :meth:`deliver` at once (up to ``max_in_flight``
+    keep their connection); they share one :class:`~segmentio_logging._backoff.Backoff`,
+    so that while the receiver is down a single probe is in flight.
+    """
 
     def __init__(
         self,
@@ -176,8 +184,11 @@ class Transport:
         write_key: Optional[str],
         gzip: bool = True,
         timeout: float = 15.0,
-        max_retries: int = 10,
-        retry_budget: float = 60.0,
+        max_retries: Optional[int] = None,
+        retry_budget: Optional[float] = None,
+        max_in_flight: int = 1,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         route: Optional[Route] = None,
     ) -> None:
         self.url = host.rstrip("/") + BATCH_PATH
@@ -188,6 +199,8 @@ class Transport:
         self.timeout = timeout
         self.max_retries = max_retries
         self.retry_budget = retry_budget
+        self.max_in_flight = max_in_flight
+        self.backoff = Backoff(max_backoff, max_retry_after)
         # What the messages of one request may take, once the envelope is counted.
         self.max_parts_bytes = MAX_BATCH_BYTES - envelope_size(write_key)
         self.headers = {
@@ -208,11 +221,13 @@ class Transport:
     def _new_pool(self) -> urllib3.HTTPConnectionPool:
         # One keep-alive pool for the one host, through its proxy if it has one: a PoolManager
         # would parse the URL and look the pool up again on every request (about 70 us each).
-        return self.route.new_pool(maxsize=2)
+        # It keeps a connection for each request that may be in flight at once.
+        return self.route.new_pool(maxsize=max(self.max_in_flight, 1))
 
     def reset_after_fork(self) -> None:
-        """A child must not share the parent's sockets."""
+        """A child must not share the parent's sockets, nor its outage."""
         self._pool = self._new_pool()
+        self.backoff = Backoff(self.backoff.max_backoff, self.backoff.max_retry_after)
 
     def close(self) -> None:
         """Close idle connections; a later request opens a new one."""
@@ -239,75 +254,19 @@ class Transport:
     def deliver(self, parts: List[bytes], deadline: Optional[Deadline] = None) -> List[Outcome]:
         """Send ``parts`` (encoded messages) and say how each slice of them ended.
 
-        Blocks for retries, never past ``retry_budget`` (shared by the halves of a
-        batch split on 413) nor past ``deadline``. Never raises: every slice ends
-        as a :class:`Response` or a :class:`DeliveryError`, each reported once.
+        Blocks while the receiver is down, for as long as it takes, but never past
+        ``deadline`` (shutdown) nor, when set, past ``max_retries`` retries or
+        ``retry_budget`` seconds (shared by the halves of a batch split on 413).
+        Never raises: every slice ends as a :class:`Response` or a
+        :class:`DeliveryError`, each reported once.
         """
         outcomes: List[Outcome] = []
         if not parts:
             return outcomes
-        budget_end = time.monotonic() + self.retry_budget
-        self._deliver_range(parts, 0, len(parts), deadline or Deadline(), budget_end, outcomes)
+        budget = math.inf if self.retry_budget is None else self.retry_budget
+        attempt = _Attempt(self, deadline or Deadline(), time.monotonic() + budget)
+        attempt.deliver_range(parts, 0, len(parts), outcomes)
         return outcomes
-
-    def _deliver_range(
-        self,
-        parts: List[bytes],
-        start: int,
-        end: int,
-        deadline: Deadline,
-        budget_end: float,
-        out: List[Outcome],
-    ) -> None:
-        count = end - start
-
-        def limit() -> float:
-            return min(budget_end, deadline.at)
-
-        attempts = 0
-        last: Optional[Tuple[Optional[int], str]] = None
-        while True:
-            remaining = limit() - time.monotonic()
-            if remaining <= 0:
-                reason = (
-                    "shutdown deadline reached"
-                    if deadline.at <= budget_end
-                    else f"retry budget of {self.retry_budget:g}s used up"
-                )
-                out.append((start, end, self._give_up(reason, count, attempts, last)))
-                return
-            body = batch_body(parts[start:end], self.write_key, format_timestamp(time.time()))
-            attempts += 1
-            try:
-                status, headers, text = self._post_once(body, remaining)
-            except Exception as exc:  # not a network failure: retrying would not help
-                text = f"{type(exc).__name__}: {exc}"
-                reason = "the request could not be made"
-                out.append((start, end, self._give_up(reason, count, attempts, (None, text))))
-                return
-            last = (status, text)
-            if status is not None and 200 <= status < 300:
-                out.append((start, end, Response(status, headers, text, attempts)))
-                return
-            if status == 413 and count > 1:
-                middle = start + count // 2
-                self._deliver_range(parts, start, middle, deadline, budget_end, out)
-                self._deliver_range(parts, middle, end, deadline, budget_end, out)
-                return
-            refusal = self._no_retry_reason(status, attempts)
-            if refusal is not None:
-                out.append((start, end, self._give_up(refusal, count, attempts, last)))
-                return
-            delay = self._retry_delay(status, headers, attempts)
-            if not deadline.sleep_until(time.monotonic() + delay, limit):
-                why = (
-                    "shutdown deadline"
-                    if deadline.at <= budget_end
-                    else f"retry budget of {self.retry_budget:g}s"
-                )
-                reason = f"gave up: the next retry in {delay:.1f}s would pass the {why}"
-                out.append((start, end, self._give_up(reason, count, attempts, last)))
-                return
 
     def _post_once(
         self, body: bytes, remaining: float
@@ -331,16 +290,10 @@ class Transport:
         """Why a failed request is not tried again (413 here: a single message), or None."""
         if not is_retryable(status) or status == 413:
             return "rejected"
-        if attempts > self.max_retries:
+        if self.max_retries is not None and attempts > self.max_retries:
             tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
             return f"gave up after {tries} (max_retries={self.max_retries})"
         return None
-
-    @staticmethod
-    def _retry_delay(status: Optional[int], headers: Mapping[str, str], attempts: int) -> float:
-        """Seconds before the next attempt: ``Retry-After`` on 429 and 503, else the backoff."""
-        asked = retry_after(headers) if status in (429, 503) else None
-        return asked if asked is not None else backoff(attempts)
 
     @staticmethod
     def _give_up(
@@ -357,6 +310,94 @@ class Transport:
         )
 
 
+class _Attempt:
+    """The delivery of one batch (and of its halves after a 413): its limits and retries."""
+
+    __slots__ = ("budget_end", "deadline", "transport")
+
+    def __init__(self, transport: Transport, deadline: Deadline, budget_end: float) -> None:
+        self.transport = transport
+        self.deadline = deadline
+        self.budget_end = budget_end
+
+    def limit(self) -> float:
+        return min(self.budget_end, self.deadline.at)
+
+    def why_stopped(self) -> str:
+        if self.deadline.at <= self.budget_end:
+            return "shutdown deadline reached"
+        return f"retry budget of {self.transport.retry_budget:g}s used up"
+
+    def deliver_range(self, parts: List[bytes], start: int, end: int, out: List[Outcome]) -> None:
+        """Send ``parts[start:end]`` until it is accepted, refused, or a limit is reached."""
+        transport = self.transport
+        count = end - start
+        attempts = 0
+        last: Optional[Tuple[Optional[int], str]] = None
+        while True:
+            epoch = transport.backoff.wait_turn(self.limit)
+            remaining = self.limit() - time.monotonic()
+            if epoch is None or remaining <= 0:
+                if epoch is not None:
+                    transport.backoff.release(epoch)  # a probe that does not go: let another
+                out.append(
+                    (start, end, transport._give_up(self.why_stopped(), count, attempts, last))
+                )
+                return
+            attempts += 1
+            body = batch_body(parts[start:end], transport.write_key, format_timestamp(time.time()))
+            try:
+                status, headers, text = transport._post_once(body, remaining)
+            except Exception as exc:  # not a network failure: retrying would not help
+                transport.backoff.release(epoch)
+                reason, last = (
+                    "the request could not be made",
+                    (None, f"{type(exc).__name__}: {exc}"),
+                )
+                out.append((start, end, transport._give_up(reason, count, attempts, last)))
+                return
+            last = (status, text)
+            if self._settled(parts, start, end, (status, headers, text), attempts, epoch, out):
+                return
+
+    def _settled(
+        self,
+        parts: List[bytes],
+        start: int,
+        end: int,
+        answer: Tuple[Optional[int], Dict[str, str], str],
+        attempts: int,
+        epoch: int,
+        out: List[Outcome],
+    ) -> bool:
+        """Act on one answer; False when the slice is to be sent again."""
+        transport = self.transport
+        status, headers, text = answer
+        if status is not None and (200 <= status < 300 or not is_retryable(status)):
+            transport.backoff.answered(epoch)  # the receiver is up, whatever it thought of this
+        if status is not None and 200 <= status < 300:
+            out.append((start, end, Response(status, headers, text, attempts)))
+            return True
+        count = end - start
+        if status == 413 and count > 1:
+            middle = start + count // 2
+            self.deliver_range(parts, start, middle, out)
+            self.deliver_range(parts, middle, end, out)
+            return True
+        if not is_retryable(status) or status == 413:  # 413 here: one message, too large
+            out.append(
+                (start, end, transport._give_up("rejected", count, attempts, (status, text)))
+            )
+            return True
+        asked = retry_after(headers, cap=transport.backoff.max_retry_after)
+        transport.backoff.failed(epoch, BACKOFF_BASE, asked if status in (429, 503) else None)
+        refusal = transport._no_retry_reason(status, attempts)
+        if refusal is None:
+            return False
+        out.append((start, end, transport._give_up(refusal, count, attempts, (status, text))))
+        return True
+
+
 class NullTransport(Transport):
     """For ``send=False``: accepts every batch without a network."""
 
@@ -367,12 +408,18 @@ class NullTransport(Transport):
 def transport_for(options: Options) -> Transport:
     """The HTTP transport ``options`` describe (with ``send=False``, one that sends nothing)."""
     transport_class = Transport if options.send else NullTransport
+    budget = options.retry_budget
+    if budget is None and options.sync_mode:
+        budget = SYNC_RETRY_BUDGET  # the caller's own thread waits: not forever
     return transport_class(
         host=options.host,
         write_key=options.write_key,
         gzip=options.gzip,
         timeout=options.timeout,
         max_retries=options.max_retries,
-        retry_budget=options.retry_budget,
+        retry_budget=budget,
+        max_in_flight=options.max_in_flight,
+        max_backoff=options.max_backoff,
+        max_retry_after=options.max_retry_after,
         route=route_from_options(options),
     )

@@ -89,7 +89,6 @@ _ID_TYPES = (numbers.Number, str)
 _LOCAL_NOW_WINDOW = dt.timedelta(seconds=5)
 
 _UNSUPPORTED = {
-    "thread": "thread is ignored: one worker thread delivers, in batches of upload_size",
     "oauth": "OAuth (oauth_client_id, oauth_client_key, oauth_key_id...) is not supported and "
     "is ignored: requests authenticate with the write key (HTTP Basic), which a source that "
     "requires OAuth refuses",
@@ -106,6 +105,7 @@ _SAME_NAMES = frozenset(
 # Our option -> the official keyword that sets it (errors name the one the caller used).
 _OFFICIAL_NAMES = {
     "batch_size": "upload_size",
+    "max_in_flight": "thread",
     "flush_interval": "upload_interval",
     "retry_budget": "max_total_backoff_duration",
     "on_failure": "on_error",
@@ -137,8 +137,9 @@ class Client:
     """A client with the official constructor and calls, on a pipeline of its own.
 
     ``upload_size`` sets the option ``batch_size``, ``upload_interval`` ``flush_interval``,
-    ``max_total_backoff_duration`` ``retry_budget``, ``proxies`` (a requests-style dict)
-    ``proxy``; ``on_error(error, batch)`` is called
+    ``thread`` ``max_in_flight`` (requests at once), ``max_total_backoff_duration``
+    ``retry_budget``, ``proxies`` (a requests-style dict) ``proxy``; ``on_error(error, batch)``
+    is called
     for what ``on_failure(data, error)`` would get. Other keyword arguments are this
     package's other options (``shutdown_timeout``, ``spool_path``...).
     """
@@ -180,7 +181,6 @@ class Client:
             raise TypeError(f"{renamed[0]} is spelled {_OFFICIAL_NAMES[renamed[0]]} here")
         oauth = (oauth_client_id, oauth_client_key, oauth_key_id, oauth_auth_server, oauth_scope)
         unsupported = {
-            "thread": thread not in (None, 1),
             "oauth": any(value is not None for value in oauth),
             "max_rate_limit_duration": max_rate_limit_duration is not None,
             "upload_size": isinstance(upload_size, int) and upload_size > _MAX_UPLOAD_SIZE,
@@ -190,7 +190,7 @@ class Client:
         if unsupported["upload_size"]:
             upload_size = _MAX_UPLOAD_SIZE
         given = {name: value for name, value in locals().items() if name in _SAME_NAMES}
-        given.update(batch_size=upload_size, flush_interval=upload_interval)
+        given.update(batch_size=upload_size, flush_interval=upload_interval, max_in_flight=thread)
         given.update(retry_budget=max_total_backoff_duration, on_failure=_as_on_failure(on_error))
         given.update(proxy=_proxy_option(proxies, host))
         self._client = _pipeline_client({**given, **options})

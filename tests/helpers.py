@@ -8,6 +8,8 @@ import base64
 import dataclasses
 import datetime as dt
 import enum
+import gzip
+import http.server
 import json
 import logging
 import re
@@ -18,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Set, Tuple
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -416,3 +418,109 @@ class ProxyServer:
                 return False
             time.sleep(0.02)  # polls the log file, within the deadline above
         return True
+
+
+# --------------------------------------------------------------------------- real networks
+
+
+class ScriptedReceiver:
+    """A Segment-like receiver on 127.0.0.1 that sees how many requests are in flight.
+
+    Each request answers ``statuses.pop(0)`` while the script lasts, then
+    ``default`` (a status, with ``headers``); ``delay`` seconds before each
+    answer; while ``held`` is clear every request waits for it. It records the
+    most requests it served at once, every message id it accepted (a retry of an
+    accepted batch shows as a duplicate) and each request's status.
+    """
+
+    def __init__(self, *, delay: float = 0.0, default: int = 200) -> None:
+        self.delay = delay
+        self.default = default
+        self.headers: Dict[str, str] = {}
+        self.statuses: List[int] = []
+        self.refuse_ids: Set[str] = set()  # a batch holding one of these is answered 400
+        self.held = threading.Event()
+        self.held.set()
+        self.cond = threading.Condition()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.accepted: List[str] = []
+        self.batches: List[int] = []  # messages per accepted request
+        self.answered: List[int] = []
+        self.alone: List[bool] = []  # per answer: whether no other request was in flight
+        self.connections = 0
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with receiver.cond:
+                    receiver.connections += 1
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.handle(self, body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def handle(self, request: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+        with self.cond:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            alone = self.in_flight == 1
+            self.cond.notify_all()
+        try:
+            self.held.wait(30)
+            if self.delay:
+                time.sleep(self.delay)  # the receiver's round trip, not a wait in a test
+            if request.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            ids = [m["messageId"] for m in json.loads(body)["batch"]]
+            with self.cond:  # recorded before the answer: the client may look at once
+                status = self.statuses.pop(0) if self.statuses else self.default
+                if self.refuse_ids.intersection(ids):
+                    status = 400
+                headers = dict(self.headers)
+                self.answered.append(status)
+                self.alone.append(alone)
+                if status < 300:
+                    self.accepted.extend(ids)
+                    self.batches.append(len(ids))
+                self.cond.notify_all()
+            reply = b'{"success":true}' if status < 300 else b'{"error":"scripted"}'
+            request.send_response(status)
+            for name, value in headers.items():
+                request.send_header(name, value)
+            request.send_header("Content-Length", str(len(reply)))
+            request.end_headers()
+            request.wfile.write(reply)
+        finally:
+            with self.cond:
+                self.in_flight -= 1
+                self.cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+        """Wait (under the receiver's lock) until ``predicate()`` holds."""
+        with self.cond:
+            return self.cond.wait_for(predicate, timeout)
+
+    def stop(self) -> None:
+        self.held.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> ScriptedReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -812,7 +812,6 @@ class TestUnsupportedSettings:
     @pytest.mark.parametrize(
         ("options", "says"),
         [
-            ({"thread": 4}, "one worker thread"),
             ({"oauth_client_id": "id", "oauth_client_key": "pem", "oauth_key_id": "k"}, "OAuth"),
             ({"max_rate_limit_duration": 600}, "max_rate_limit_duration is ignored"),
         ],
@@ -836,11 +835,13 @@ class TestUnsupportedSettings:
         assert analytics.flush(timeout=5) is True
         assert len(segment_env.messages) == 1
 
-    def test_thread_one_is_what_runs(self, make_client: Any) -> None:
-        """thread=1, the official default, is no warning."""
+    @pytest.mark.parametrize("thread", [1, 8])
+    def test_thread_sets_max_in_flight(self, make_client: Any, thread: int) -> None:
+        """thread=N, the official client's consumer threads, is max_in_flight=N, no warning."""
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            make_client(thread=1)
+            client = make_client(thread=thread)
+        assert client._client.options.max_in_flight == thread
 
     def test_upload_size_over_segments_limit_is_capped(self, make_client: Any) -> None:
         """upload_size past 2,500 messages per request: capped, with a warning."""

@@ -27,12 +27,15 @@ DEFAULTS: Dict[str, Any] = {
     "write_key": None,
     "host": "https://api.segment.io",
     "gzip": True,
-    "batch_size": 100,
+    "batch_size": 1000,
     "flush_interval": 0.5,
     "max_queue_size": 10_000,
     "timeout": 15.0,
-    "max_retries": 10,
-    "retry_budget": 60.0,
+    "max_retries": None,
+    "retry_budget": None,
+    "max_in_flight": 8,
+    "max_backoff": 30.0,
+    "max_retry_after": 300.0,
     "shutdown_timeout": 5.0,
     "on_success": None,
     "on_failure": None,
@@ -63,6 +66,9 @@ VALID = [
     ("timeout", 3, "3", 3.0),
     ("max_retries", 0, "0", 0),
     ("retry_budget", 1.5, "1.5", 1.5),
+    ("max_in_flight", 3, "3", 3),
+    ("max_backoff", 2, "2", 2.0),
+    ("max_retry_after", 120, "120", 120.0),
     ("shutdown_timeout", 2, "2", 2.0),
     ("on_success", json.dumps, "json.dumps", json.dumps),
     ("on_failure", os.path.join, "os.path.join", os.path.join),
@@ -106,6 +112,10 @@ INVALID = [
     ("max_retries", -1, ValueError),
     ("max_retries", True, TypeError),
     ("retry_budget", float("nan"), ValueError),
+    ("max_in_flight", 0, ValueError),
+    ("max_in_flight", 65, ValueError),
+    ("max_backoff", 0, ValueError),
+    ("max_retry_after", -1, ValueError),
     ("shutdown_timeout", "soon", TypeError),
     ("on_success", 42, TypeError),
     ("on_failure", "no_such_module_xyz.fn", ValueError),
@@ -269,7 +279,7 @@ class TestEnvironment:
     def test_none_and_empty_variables_count_as_unset(self) -> None:
         """A keyword of None and an empty variable both leave the default in place."""
         options = resolve({"SEGMENT_BATCH_SIZE": ""}, write_key="k", batch_size=None)
-        assert options.batch_size == 100
+        assert options.batch_size == 1000
 
     def test_the_handler_and_client_read_the_process_environment(
         self, monkeypatch: pytest.MonkeyPatch

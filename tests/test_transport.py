@@ -15,18 +15,19 @@ import pytest
 
 from segmentio_logging import DeliveryError, Response, __version__, _transport
 from segmentio_logging._message import build_message, encode
+from segmentio_logging._options import resolve_options
 from segmentio_logging._segment import MAX_BATCH_BYTES
 from segmentio_logging._timestamps import format_timestamp
 from segmentio_logging._transport import (
     Deadline,
     Outcome,
     Transport,
-    backoff,
     batch_body,
     cut_by_bytes,
     envelope_size,
     is_retryable,
     retry_after,
+    transport_for,
 )
 from segmentio_logging.testing import LocalCollector, Reply
 
@@ -324,17 +325,11 @@ class TestRetryAfter:
         only_response(make_transport().deliver(encoded(1)))
         assert collector.requests[1].received_at >= when - 0.05
 
-    def test_capped(
-        self,
-        collector: LocalCollector,
-        make_transport: MakeTransport,
-        monkeypatch: pytest.MonkeyPatch,
-    ) -> None:
-        """A Retry-After beyond the cap waits the cap."""
-        monkeypatch.setattr(_transport, "MAX_RETRY_AFTER", 0.3)
+    def test_capped(self, collector: LocalCollector, make_transport: MakeTransport) -> None:
+        """A Retry-After beyond max_retry_after waits max_retry_after."""
         collector.script(Reply.retry_after(3600, 429))
         began = time.monotonic()
-        only_response(make_transport().deliver(encoded(1)))
+        only_response(make_transport(max_retry_after=0.3).deliver(encoded(1)))
         assert time.monotonic() - began < 3.0
         first, second = collector.requests
         assert second.received_at - first.received_at >= 0.3 - 0.05
@@ -365,7 +360,7 @@ class TestRetryAfter:
 class TestRetryAfterParsing:
     @pytest.mark.parametrize(
         ("value", "expected"),
-        [("3", 3.0), ("0", 0.0), (" 1.5 ", 1.5), ("-4", 0.0), ("100000", 60.0)],
+        [("3", 3.0), ("0", 0.0), (" 1.5 ", 1.5), ("-4", 0.0), ("100000", 300.0)],
     )
     def test_seconds(self, value: str, expected: float) -> None:
         """Delta seconds are read, negative ones clamp to zero, large ones to the cap."""
@@ -413,21 +408,6 @@ class TestRetryAfterParsing:
 
 
 class TestBackoff:
-    @pytest.mark.parametrize("attempt", [1, 2, 3, 4, 10])
-    def test_full_jitter_within_bounds(self, attempt: int) -> None:
-        """Each wait is uniform in [0, base * 2**(attempt-1)], capped."""
-        bound = min(_transport.BACKOFF_CAP, _transport.BACKOFF_BASE * 2 ** (attempt - 1))
-        waits = [backoff(attempt) for _ in range(200)]
-        assert all(0 <= w <= bound for w in waits)
-        assert len(set(waits)) > 1
-        assert max(waits) > bound / 2
-
-    def test_cap(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Late attempts never wait past BACKOFF_CAP."""
-        monkeypatch.setattr(_transport, "BACKOFF_BASE", 1.0)
-        monkeypatch.setattr(_transport, "BACKOFF_CAP", 2.0)
-        assert all(backoff(30) <= 2.0 for _ in range(100))
-
     @pytest.mark.parametrize(
         ("status", "expected"),
         [
@@ -505,12 +485,13 @@ class TestSplitOn413:
     ) -> None:
         """The halves of a split batch share one retry budget rather than one each."""
         # Budget 0.7 s, every retry asked for 0.5 s later: the first half makes two
-        # requests and gives up at 0.5 s; the second half has 0.2 s left, so one request.
+        # requests and gives up at 0.5 s, when the receiver asked for a pause to 1.0 s,
+        # past the budget; the second half, whose budget is the same, sends nothing.
         collector.script(Reply(413))
         collector.default = Reply.retry_after(0.5, 503)
         outcomes = make_transport(max_retries=100, retry_budget=0.7).deliver(encoded(2))
         assert_partition(outcomes, 2)
-        assert [r.status for r in collector.requests] == [413, 503, 503, 503]
+        assert [r.status for r in collector.requests] == [413, 503, 503]
 
 
 class TestDeadline:
@@ -632,3 +613,18 @@ class TestBatchBody:
         body = batch_body(parts, key, format_timestamp(CREATED))
         assert len(body) <= MAX_BATCH_BYTES
         assert len(json.loads(body)["batch"]) == len(parts)
+
+
+class TestTransportFor:
+    def test_sync_mode_bounds_the_wait_of_the_callers_thread(self) -> None:
+        """With sync_mode and no retry_budget, the caller waits at most 60 s for a receiver
+        that is down; without sync_mode there is no limit; a retry_budget set is kept."""
+
+        def budget(**options: Any) -> Any:
+            transport = transport_for(resolve_options({"write_key": "k", **options}, {}))
+            transport.close()
+            return transport.retry_budget
+
+        assert budget(sync_mode=True) == 60.0
+        assert budget() is None
+        assert budget(sync_mode=True, retry_budget=5) == 5.0

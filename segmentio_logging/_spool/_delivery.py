@@ -16,7 +16,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import _report
-from .._delivery import Host
+from .._delivery import Host, outage_since_now
 from .._errors import DeliveryError, SpoolError
 from .._json import decode_json, error_text
 from .._lifecycle import (
@@ -252,6 +252,10 @@ class SpoolDelivery:
         """Send batches from the spool, oldest first, until it is empty or the receiver fails."""
         host = self.host
         while True:
+            # Rows are read when they can be sent at once: a spool bound may delete them
+            # while the pipeline waits out an outage.
+            if not host.transport.backoff.wait_resumed(lambda: host.deadline.at):
+                return
             try:
                 rows, own = self._counted.do(self._read_batch)
             except SpoolError as error:
@@ -372,8 +376,8 @@ class SpoolDelivery:
 
         It also waits for the orphans' events this process holds, and events stay
         on disk during an outage: without a timeout it then returns False once a
-        delivery attempt ended with events left on disk (within ``retry_budget``,
-        as without a spool), with one at the timeout.
+        request failed for a retryable reason (as without a spool), with one at the
+        timeout.
         """
         host = self.host
         end = end_of(timeout)
@@ -386,6 +390,7 @@ class SpoolDelivery:
             orphans_settled = self._recovered + self._recovered_lost
             self._flush_requests += 1  # one attempt now, even during an outage's backoff
         orphans = orphans_left = self._orphans_held()
+        outage_seen = outage_since_now(host.transport)
         host.wake()
         self._send_wake.set()
 
@@ -400,7 +405,7 @@ class SpoolDelivery:
             )
 
         def outage() -> bool:  # without a timeout, flush does not wait out an outage
-            return self._giveups > giveups
+            return self._giveups > giveups or outage_seen()
 
         return host.wait(done, end, probe=probe, gave_up=outage if timeout is None else None)
 

@@ -1,8 +1,10 @@
 """``segmentio-logging import FILE``: historical import from JSON Lines or CSV.
 
-Paced, resumable (a state file records the last line the receiver accepted),
-with progress on a terminal and bad lines reported by number. The lines are
-read by :mod:`._readers`.
+Paced, resumable (a state file records the last line up to which the receiver
+accepted every batch), with progress on a terminal and bad lines reported by
+number. The lines are read by :mod:`._readers`; batches are sent up to
+``max_in_flight`` at once by :mod:`._inflight`, so that a receiver far away
+does not slow the import down to one round trip per batch.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from ._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     UsageError,
-    deliver,
     make_message,
     options_from,
     say,
 )
+from ._inflight import InFlight
 from ._readers import (
     Lines,
     Record,
@@ -171,9 +173,10 @@ def import_file(args: argparse.Namespace) -> int:
 class _Import:
     """One run of ``import``: read, check, batch, pace, send, and checkpoint each batch.
 
-    The state file records the line where the last accepted batch ended and
-    the hash of the lines up to it; a state is written only after the receiver
-    accepted a batch, so that a rerun never skips a line that was not sent.
+    The state file records the line where the last batch ended of which it and
+    every earlier batch were accepted, and the hash of the lines up to it, so
+    that a rerun never skips a line that was not sent. Batches are sent several
+    at once and may be accepted out of order.
     """
 
     def __init__(self, args: argparse.Namespace, options: Options, fmt: str) -> None:
@@ -195,6 +198,11 @@ class _Import:
             except OSError as exc:
                 raise UsageError(f"cannot write the state file {self.state_path}: {exc}") from None
         self.transport = None if self.dry_run else transport_for(options)
+        self.window = (
+            None
+            if self.transport is None
+            else InFlight(self.transport, options.max_in_flight, self._accepted)
+        )
         # Cut a batch while one more message of the largest size still fits in a request.
         self.max_bytes = MAX_BATCH_BYTES - envelope_size(options.write_key) - MAX_MESSAGE_BYTES - 1
         self.pacer = _Pacer(args.rate)
@@ -223,6 +231,8 @@ class _Import:
             return EXIT_INTERRUPTED
         finally:
             self.lines.close()
+            if self.window is not None:
+                self.window.close()
             if self.transport is not None:
                 self.transport.close()
         self.progress.update(self.lines.count, self.counts["sent"], force=True)
@@ -244,7 +254,21 @@ class _Import:
                 break
         if self.failure is None:
             self._flush()
+        self._settle_window()
         return stopped
+
+    def _settle_window(self) -> None:
+        """Wait for the batches in flight; checkpoint the end when every one was accepted."""
+        window = self.window
+        if window is None:
+            self._checkpoint()
+            return
+        window.wait()
+        self.counts["sent"] = window.sent
+        self.counts["failed"] = window.failed
+        self.failure = window.failure
+        if self.failure is None:
+            self._checkpoint()  # also past trailing bad lines, now that all was accepted
 
     def _outcome(self, stopped: bool) -> int:
         """Say how the run ended, after its summary; the exit status."""
@@ -295,22 +319,35 @@ class _Import:
         return True
 
     def _flush(self) -> bool:
-        """Send the batch; checkpoint once it is accepted. False when it was refused."""
+        """Hand the batch to the window (checkpointed once accepted); False once a batch
+        was refused."""
         if self.batch:
             self.pacer.wait(len(self.batch))
-            if self.transport is not None:
-                accepted, detail = deliver(self.transport, self.batch)
-                if not accepted:
-                    self.counts["failed"] += len(self.batch)
-                    self.failure = detail
+            window = self.window
+            if window is not None:
+                if not window.submit(self.batch, self._mark()):
+                    self.failure = window.failure
                     return False
-            self.counts["sent"] += len(self.batch)
+                self.counts["sent"] = window.sent
+            else:
+                self.counts["sent"] += len(self.batch)
             self.batch, self.batch_bytes = [], 0
-        self._checkpoint()
         self.progress.update(self.lines.count, self.counts["sent"])
         return True
 
+    def _mark(self) -> Dict[str, Any]:
+        """Where the batch being sent ends: what its checkpoint records."""
+        return {"line": self.lines.count, "sha256": self.lines.digest(), "bad": self.counts["bad"]}
+
+    def _accepted(self, mark: Dict[str, Any], sent: int) -> None:
+        """Every batch up to the one ending at ``mark`` was accepted: ``sent`` messages."""
+        self._write_checkpoint(mark, sent)
+
     def _checkpoint(self) -> None:
+        sent = self.window.prefix_sent if self.window is not None else self.counts["sent"]
+        self._write_checkpoint(self._mark(), sent)
+
+    def _write_checkpoint(self, mark: Dict[str, Any], sent: int) -> None:
         if self.dry_run:
             return
         _write_state(
@@ -318,10 +355,10 @@ class _Import:
             {
                 "version": 1,
                 "input": self.source,
-                "line": self.lines.count,
-                "sha256": self.lines.digest(),
-                "sent": self.before["sent"] + self.counts["sent"],
-                "bad": self.before["bad"] + self.counts["bad"],
+                "line": mark["line"],
+                "sha256": mark["sha256"],
+                "sent": self.before["sent"] + sent,
+                "bad": self.before["bad"] + mark["bad"],
                 "updated": format_timestamp(time.time()),
             },
         )

@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most N messages a second on average (default: 500; 0: no limit)",
     )
     import_parser.add_argument(
-        "--batch-size", type=int, default=100, metavar="N", help="messages per request (100)"
+        "--batch-size", type=int, default=500, metavar="N", help="messages per request (500)"
     )
     import_parser.add_argument(
         "--state", metavar="PATH", help="the state file (default: FILE.segment-import.json)"
