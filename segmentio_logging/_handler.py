@@ -40,8 +40,8 @@ class SegmentHandler(logging.Handler):
     """Sends log records that carry a ``user_id`` or ``anonymous_id`` to Segment.
 
     ``logger.info("Played a Song", extra={"user_id": "u1", "properties": {...}})``
-    becomes a ``track`` call; see the README for every reserved ``extra`` key
-    and every option. Records without an id are skipped and counted.
+    becomes a ``track`` call; every reserved ``extra`` key is in docs/extra.md,
+    every option in docs/options.md. Records without an id are skipped and counted.
     """
 
     def __init__(
@@ -52,14 +52,16 @@ class SegmentHandler(logging.Handler):
         level: Union[int, str] = logging.NOTSET,
         **options: Any,
     ) -> None:
-        # Validate before Handler.__init__ registers the handler with logging: a
-        # half-built handler in logging's list breaks dictConfig and logging.shutdown.
+        # Everything that can raise (the options, the route's CA bundle and client
+        # certificate, the spool) runs before Handler.__init__ registers the handler
+        # with logging: a half-built handler in logging's list breaks dictConfig and
+        # logging.shutdown at exit.
         resolved = resolve_options({"write_key": write_key, "host": host, **options})
-        mapper = RecordMapper(resolved.field_names, resolved.capture_extra)
+        self._mapper = mapper = RecordMapper(resolved.field_names, resolved.capture_extra)
+        pipeline = make_pipeline(resolved, mapper.encode, self._describe)
         super().__init__(level)
         self.options = resolved
-        self._mapper = mapper
-        self._pipeline = make_pipeline(self.options, mapper.encode, self._describe)
+        self._pipeline = pipeline
         self._count_lock = threading.Lock()
         self._skipped = 0
         self._ignored = 0

@@ -157,6 +157,19 @@ class TestDictConfig:
             if isinstance(handler, SegmentHandler):
                 assert handler.flush(1) in (True, False)
 
+    def test_a_ca_bundle_that_is_not_pem_leaves_no_half_built_handler(
+        self, collector: LocalCollector, tmp_path: Path
+    ) -> None:
+        """A setting that fails past the option checks (a CA file that is not PEM) raises
+        before the handler joins logging's list: logging.shutdown finds nothing broken."""
+        bundle = tmp_path / "ca.pem"
+        bundle.write_text("not a certificate\n", encoding="utf-8")
+        before = len(logging._handlerList)  # type: ignore[attr-defined]
+        with pytest.raises(ValueError):
+            SegmentHandler("key", host="https://127.0.0.1:9", ca_certs=str(bundle))
+        registered = [ref() for ref in logging._handlerList[before:]]  # type: ignore[attr-defined]
+        assert not [h for h in registered if isinstance(h, SegmentHandler)]
+
     def test_file_config_with_kwargs(self, collector: LocalCollector, tmp_path: Path) -> None:
         """fileConfig builds the handler from a kwargs= line."""
         ini = tmp_path / "logging.ini"
