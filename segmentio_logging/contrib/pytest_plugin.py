@@ -1,8 +1,9 @@
 """The pytest plugin: a ``segment_events`` fixture that receives what the code under test sends.
 
 Loaded by pytest through the ``pytest11`` entry point (disable it with
-``-p no:segmentio_logging``). It imports nothing of the pipeline until a test
-asks for the fixture.
+``-p no:segmentio_logging``). It loads no collector until a test asks for the
+fixture; loading it imports the package itself (its ``__init__`` imports the
+handler and the pipeline, tens of milliseconds).
 
     def test_checkout(segment_events):
         checkout("u1")                          # logs through a SegmentHandler it builds
@@ -105,6 +106,16 @@ class SegmentEvents:
         return f"<SegmentEvents {self.url} messages={len(self.messages)}>"
 
 
+def _straight_to_the_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy between the test and its collector: a machine's HTTP_PROXY would
+    otherwise carry the test's requests, and its write key, to a corporate proxy."""
+    monkeypatch.delenv("SEGMENT_PROXY", raising=False)
+    hosts = [os.environ.get(name, "") for name in ("no_proxy", "NO_PROXY")]
+    bypass = ",".join([*(h for h in hosts if h), "127.0.0.1", "localhost"])
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, bypass)
+
+
 @pytest.fixture
 def segment_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[SegmentEvents]:
     """A LocalCollector that the Segment handlers and clients created in the test send to."""
@@ -113,6 +124,9 @@ def segment_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[SegmentEvents]:
     with LocalCollector() as collector:
         monkeypatch.setenv("SEGMENT_HOST", collector.url)
         monkeypatch.setenv("SEGMENT_WRITE_KEY", WRITE_KEY)
+        _straight_to_the_collector(monkeypatch)
+        # A handler made in a test must not take over the test runner's SIGTERM.
+        monkeypatch.setenv("SEGMENT_HANDLE_SIGTERM", "false")
         if os.environ.get("SEGMENT_SEND", "").strip().lower() in ("0", "false", "no", "off"):
             monkeypatch.delenv("SEGMENT_SEND")  # a test that asks for events wants them sent
         events = SegmentEvents(collector)

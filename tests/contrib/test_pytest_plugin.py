@@ -106,6 +106,36 @@ def test_a_worker_delivers_on_its_own(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
 
 
+def test_a_machine_proxy_and_sigterm_are_left_out_of_the_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With HTTP_PROXY and SEGMENT_PROXY set to a port where nothing listens, the test's
+    handler still reaches the collector directly; it installs no SIGTERM handler."""
+    nowhere = "http://127.0.0.1:9"
+    for name in ("HTTP_PROXY", "http_proxy", "SEGMENT_PROXY"):
+        monkeypatch.setenv(name, nowhere)
+    pytester.makepyfile(
+        """
+        import logging, signal
+
+        from segmentio_logging import SegmentHandler
+
+
+        def test_direct(segment_events):
+            handler = SegmentHandler()
+            assert "direct" in repr(handler._pipeline.transport.route)
+            log = logging.getLogger("shop")
+            log.addHandler(handler)
+            log.warning("Order Completed", extra={"user_id": "u1"})
+            [order] = segment_events.flush(10)
+            assert order["event"] == "Order Completed"
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
 def test_a_run_without_the_fixture_loads_nothing_of_the_pipeline(
     pytester: pytest.Pytester,
 ) -> None:
