@@ -24,7 +24,14 @@ from ._classic import (
     track,
 )
 from ._client import Client
-from ._context import SegmentLoggerAdapter, bind, current_identity, identified, unbind
+from ._context import (
+    BoundIdentityFilter,
+    SegmentLoggerAdapter,
+    bind,
+    current_identity,
+    identified,
+    unbind,
+)
 from ._errors import (
     ClosedError,
     DeliveryError,
@@ -39,6 +46,7 @@ from ._transport import Response
 from ._version import __version__
 
 __all__ = [
+    "BoundIdentityFilter",
     "Client",
     "ClosedError",
     "DeliveryError",

@@ -26,6 +26,25 @@ _identity: ContextVar[Optional[Mapping[str, Any]]] = ContextVar(
 
 bound_identity = _identity.get  # for the handler: ``None`` when nothing is bound
 
+# The record attribute BoundIdentityFilter sets: the identity where the record was made.
+IDENTITY_ATTR = "_segment_identity"
+
+
+class BoundIdentityFilter(logging.Filter):
+    """Copies the identity bound where a record is logged onto the record.
+
+    A ``QueueHandler`` hands records to a listener thread, where nothing is
+    bound: put this filter on the ``QueueHandler`` (it runs on the caller's
+    thread) and the ``SegmentHandler`` behind the listener sends each record
+    with the identity of the request or task that logged it. Passes every record.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        identity = _identity.get()
+        # A copy, read here: a lazily found user id is looked up on this thread.
+        setattr(record, IDENTITY_ATTR, dict(identity) if identity else None)
+        return True
+
 
 def current_identity() -> Mapping[str, Any]:
     """What is bound now (an empty mapping when nothing is)."""

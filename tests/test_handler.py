@@ -16,11 +16,13 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 from segmentio_logging import (
+    BoundIdentityFilter,
     Client,
     InvalidMessage,
     MessageTooLarge,
     SegmentHandler,
     SegmentQueueListener,
+    identified,
 )
 from segmentio_logging.testing import LocalCollector, Reply
 
@@ -444,6 +446,43 @@ class TestNeverRaises:
         assert [m["event"] for m in collector.messages] == ["Before"]
         stats = handler.stats()
         assert (stats["delivered"], stats["dropped"]) == (1, 1)
+
+
+class TestBehindAQueue:
+    @pytest.mark.parametrize("with_filter", [True, False])
+    def test_the_bound_identity_crosses_the_queue_with_the_filter(
+        self, collector: LocalCollector, with_filter: bool
+    ) -> None:
+        """Behind a QueueHandler the listener thread has nothing bound: BoundIdentityFilter on
+        the QueueHandler carries each record's identity across; without it they are skipped."""
+        records: queue.Queue[logging.LogRecord] = queue.Queue()
+        queue_handler = logging.handlers.QueueHandler(records)
+        if with_filter:
+            queue_handler.addFilter(BoundIdentityFilter())
+        segment = SegmentHandler("key", host=collector.url, flush_interval=0.05)
+        listener = SegmentQueueListener(records, segment)
+        log = logging.getLogger("tests.handler.behind_a_queue")
+        log.propagate = False
+        log.setLevel(logging.INFO)
+        log.addHandler(queue_handler)
+        try:
+            with identified(user_id="u2", context={"ip": "10.0.0.2"}):
+                log.info("Viewed Cart")
+            log.info("Explicit", extra={"user_id": "u3"})
+            listener.stop()  # hands over everything queued
+            assert segment.flush(5)
+            sent = {m["event"]: m for m in collector.messages}
+            assert sent["Explicit"]["userId"] == "u3"
+            if with_filter:
+                assert sent["Viewed Cart"]["userId"] == "u2"
+                assert sent["Viewed Cart"]["context"]["ip"] == "10.0.0.2"
+            else:
+                assert "Viewed Cart" not in sent
+                assert segment.stats()["skipped"] == 1
+        finally:
+            log.removeHandler(queue_handler)
+            listener.stop()
+            segment.close()
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="dictConfig listener: needs 3.12+")
