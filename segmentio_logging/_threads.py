@@ -18,6 +18,7 @@ Two environments change what ``threading.Thread`` means:
 
 from __future__ import annotations
 
+import importlib
 import sys
 import threading
 from typing import Any, Callable, Optional, Protocol
@@ -50,6 +51,20 @@ def _gevent_original(module: str, name: str) -> Any:
         return None
 
 
+def _import_what_gevent_imports_late() -> None:
+    """Import gevent's thread pool now, while imports still work.
+
+    gevent's hub for a native thread resolves host names on its thread pool, a
+    module (with ``concurrent.futures``) it imports on first use. When a batch's
+    first request comes at interpreter exit, Python 3.9 refuses that import
+    ("can't register atexit after shutdown") and the batch fails.
+    """
+    try:
+        importlib.import_module("gevent.threadpool")
+    except Exception:  # pragma: no cover - a gevent without it: nothing to prepare
+        pass
+
+
 class NativeThread:
     """A daemon operating-system thread, started with the ``_thread`` gevent replaced.
 
@@ -71,6 +86,7 @@ class NativeThread:
 
     def start(self) -> None:
         """Start ``target`` on a new operating-system thread (RuntimeError at shutdown)."""
+        _import_what_gevent_imports_late()
         self._running.acquire()
         try:
             self._start_new_thread(self._run, ())
