@@ -300,7 +300,9 @@ class TestCollectFacesHostileClients:
                             slow.remove(sock)
                             sock.close()
             assert slow == [], f"{len(slow)} slow clients still connected after 60 s"
-            assert peak.value <= 8 + 2  # the connections' threads, the main and serving ones
+            # The connections' threads, the main and serving ones, and one more: a thread
+            # frees its slot as its last step, so the next may start before it has ended.
+            assert peak.value <= 8 + 2 + 1
             body = json.dumps(valid()).encode()
             assert post(f"{url}/v1/track", body, AUTH) == 200
 
