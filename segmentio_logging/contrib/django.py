@@ -32,6 +32,7 @@ from asgiref.sync import (  # type: ignore[import-not-found,unused-ignore]
     sync_to_async,
 )
 
+from .. import _report
 from ._web import RequestFacts, WebOptions, bind_request, unbind_request, web_options
 
 __all__ = ["SETTING", "SegmentMiddleware"]
@@ -117,9 +118,21 @@ class SegmentMiddleware:
         if self.options.user_id is not None:
             hook = self.options.user_id
             return lambda: hook(request)
-        auser: Optional[Callable[[], Awaitable[Any]]] = getattr(request, "auser", None)
-        if auser is not None:
-            pk = _user_pk(await auser())  # Django 5.0+
-        else:
-            pk = await sync_to_async(default_user_id)(request)
+        try:
+            pk = await _load_user_pk(request)
+        except Exception as exc:
+            # A session store or database that is down costs the user id, never the request.
+            _report.warn(
+                "contrib-user-id",
+                f"looking up the request's user id raised {type(exc).__name__}: {exc}; "
+                "its records carry no user id",
+            )
+            return None
         return lambda: pk
+
+
+async def _load_user_pk(request: Any) -> Any:
+    auser: Optional[Callable[[], Awaitable[Any]]] = getattr(request, "auser", None)
+    if auser is not None:
+        return _user_pk(await auser())  # Django 5.0+
+    return await sync_to_async(default_user_id)(request)

@@ -138,6 +138,30 @@ class TestTestClient:
         assert (message["userId"], message["anonymousId"]) == (str(user.pk), "anon-5")
         assert message["context"]["ip"] == "127.0.0.1"  # trusted_proxies 0: the header ignored
 
+    def test_an_async_user_lookup_that_raises_costs_only_the_user_id(
+        self,
+        shop: Any,
+        collector: LocalCollector,
+        capfd: pytest.CaptureFixture[str],
+        warnings_shown: None,
+    ) -> None:
+        """A session store that is down: the async view still answers, its event has no userId."""
+        from django.test import AsyncClient, override_settings
+
+        async def request() -> Any:
+            client = AsyncClient(raise_request_exception=False)
+            client.cookies["sessionid"] = "abcdefghijklmnopqrstuvwxyz012345"
+            client.cookies["ajs_anonymous_id"] = COOKIE
+            return await client.get("/async-health")
+
+        with override_settings(SESSION_ENGINE="down_sessions"):
+            response = asyncio.run(request())
+        assert response.status_code == 200
+        assert shop.flush(10)
+        [message] = collector.messages
+        assert "userId" not in message and message["anonymousId"] == "anon-5"
+        assert "the session store is down" in capfd.readouterr().err
+
     def test_settings_give_the_hook_and_the_proxies(
         self, shop: Any, collector: LocalCollector
     ) -> None:

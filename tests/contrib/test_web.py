@@ -250,6 +250,7 @@ class TestBinding:
         collector: LocalCollector,
         logger: logging.Logger,
         capsys: pytest.CaptureFixture[str],
+        warnings_shown: None,
     ) -> None:
         """A lookup that raises costs the user id (with a warning), never the request."""
         handler = make_handler()

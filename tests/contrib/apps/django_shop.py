@@ -37,10 +37,16 @@ async def async_cart(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok")
 
 
+async def async_health(request: HttpRequest) -> HttpResponse:
+    log.info("Health Checked")
+    return HttpResponse("ok")
+
+
 urlpatterns = [
     path("cart", cart),
     path("quiet", quiet),
     path("async-cart", async_cart),
+    path("async-health", async_health),
 ]
 
 MIDDLEWARE = [
