@@ -30,6 +30,9 @@ DEFAULT_COOKIE = "ajs_anonymous_id"
 # analytics.js writes a UUID (or the site's own id): a cookie far longer is not one it wrote.
 MAX_ID_LENGTH = 200
 _BARE_ID = re.compile(rf"[A-Za-z0-9._:@+-]{{1,{MAX_ID_LENGTH}}}\Z")
+# Each of context.page's texts and context.userAgent is cut to this many UTF-8 bytes: a
+# long query string would otherwise push every event of its request past Segment's 32 KB.
+MAX_CONTEXT_TEXT = 2048
 # What a path keeps as it is when it is quoted for context.page (RFC 3986's pchar and "/").
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 
@@ -232,25 +235,36 @@ def context_of(facts: RequestFacts, trusted_proxies: int) -> Dict[str, Any]:
     """``context.ip``, ``context.userAgent`` and ``context.page`` of a request.
 
     ``page`` has ``url`` and ``path`` always, ``search`` (with its ``?``) and
-    ``referrer`` when the request has them, as analytics.js names them.
+    ``referrer`` when the request has them, as analytics.js names them; each text
+    is :func:`capped`.
     """
     search = f"?{facts.query}" if facts.query else ""
-    page: Dict[str, Any] = {"path": facts.path}
+    page: Dict[str, Any] = {"path": capped(facts.path)}
     if facts.host:
-        page["url"] = f"{facts.scheme}://{facts.host}{facts.path}{search}"
+        page["url"] = capped(f"{facts.scheme}://{facts.host}{facts.path}{search}")
     else:
-        page["url"] = f"{facts.path}{search}"
+        page["url"] = capped(f"{facts.path}{search}")
     if search:
-        page["search"] = search
+        page["search"] = capped(search)
     if facts.referrer:
-        page["referrer"] = facts.referrer
+        page["referrer"] = capped(facts.referrer)
     context: Dict[str, Any] = {"page": page}
     ip = client_ip(facts.peer, facts.forwarded_for, trusted_proxies)
     if ip:
         context["ip"] = ip
     if facts.user_agent:
-        context["userAgent"] = facts.user_agent
+        context["userAgent"] = capped(facts.user_agent)
     return context
+
+
+def capped(text: str, limit: int = MAX_CONTEXT_TEXT) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    if len(text) * 4 <= limit:  # the common case: short enough whatever its characters
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore")
 
 
 class LazyIdentity(Mapping[str, Any]):

@@ -10,10 +10,12 @@ import pytest
 
 import segmentio_logging
 from segmentio_logging.contrib._web import (
+    MAX_CONTEXT_TEXT,
     LazyIdentity,
     RequestFacts,
     anonymous_id_of,
     bind_request,
+    capped,
     client_ip,
     context_of,
     cookie_value,
@@ -147,6 +149,53 @@ class TestContext:
         assert context_of(facts, 0) == {"page": {"path": "/", "url": "/"}}
         named = RequestFacts.from_scope({"path": "/", "client": ("testclient", 50000)})
         assert "ip" not in context_of(named, 0)  # a peer that is not an address
+
+
+class TestCaps:
+    def test_long_texts_are_cut_on_a_character_boundary(self) -> None:
+        """url, search, path, referrer and userAgent keep at most MAX_CONTEXT_TEXT bytes."""
+        facts = RequestFacts(
+            scheme="https",
+            host="shop.example",
+            path="/" + "p" * 5000,
+            query="q=" + "a" * 17_000,
+            peer="10.0.0.1",
+            user_agent="é" * 3000,  # two bytes each: the cut falls inside none
+            referrer="https://a.example/?" + "r" * 5000,
+        )
+        context = context_of(facts, 0)
+        texts = [*context["page"].values(), context["userAgent"]]
+        assert len(texts) == 5
+        for text in texts:
+            assert len(text.encode("utf-8")) <= MAX_CONTEXT_TEXT
+            assert len(text.encode("utf-8")) >= MAX_CONTEXT_TEXT - 1
+        assert context["userAgent"] == "é" * (MAX_CONTEXT_TEXT // 2)
+        assert context["page"]["url"].startswith("https://shop.example/ppp")
+        assert context["page"]["search"].startswith("?q=aaa")
+
+    def test_short_texts_are_kept(self) -> None:
+        """Texts within the limit are untouched, whatever their characters."""
+        assert capped("日本" * 10) == "日本" * 10
+        assert capped("x" * MAX_CONTEXT_TEXT) == "x" * MAX_CONTEXT_TEXT
+        assert capped("€" * 1000, 10) == "€" * 3
+
+    def test_an_event_of_a_long_query_is_delivered(
+        self, make_handler: Any, collector: LocalCollector, logger: logging.Logger
+    ) -> None:
+        """A 17,000-character query string no longer pushes the request's events past 32 KB."""
+        handler = make_handler()
+        logger.addHandler(handler)
+        facts = RequestFacts(
+            scheme="http", host="h", path="/search", query="q=" + "a" * 17_000, peer=None
+        )
+        binding = bind_request(lambda: facts, web_options("test"), None)
+        try:
+            logger.info("Searched", extra={"user_id": "u1"})
+        finally:
+            unbind_request(binding)
+        assert handler.flush(10)
+        [message] = collector.messages
+        assert message["context"]["page"]["path"] == "/search"
 
 
 class TestOptions:
