@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import Any, Callable, List, Optional
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 import segmentio_logging
 from segmentio_logging.contrib._web import (
     MAX_CONTEXT_TEXT,
+    MAX_USER_ID_LENGTH,
     LazyIdentity,
     RequestFacts,
     anonymous_id_of,
@@ -244,6 +246,15 @@ class CountingHook:
         return self.value
 
 
+class Unprintable:
+    """A user object whose text cannot be had."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    __repr__ = __str__
+
+
 class TestBinding:
     def run(self, hook: Optional[Callable[[], Any]], body: Callable[[], None]) -> None:
         binding = bind_request(lambda: FACTS, web_options("test"), hook)
@@ -309,6 +320,53 @@ class TestBinding:
         [message] = collector.messages
         assert "userId" not in message and message["anonymousId"] == "anon-1"
         assert "RuntimeError: db down" in capsys.readouterr().err
+
+    @pytest.mark.parametrize(
+        "value",
+        [{"id": 1}, ["u1"], "u" * 40_000, True, b"u1", Unprintable()],
+        ids=["dict", "list", "huge", "bool", "bytes", "unprintable"],
+    )
+    def test_an_odd_user_id_is_dropped_not_the_event(
+        self,
+        make_handler: Any,
+        collector: LocalCollector,
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
+        warnings_shown: None,
+        value: Any,
+    ) -> None:
+        """A lookup returning what is no id: a warning, no userId, the anonymous id kept."""
+        handler = make_handler()
+        logger.addHandler(handler)
+        self.run(CountingHook(value), lambda: logger.info("Viewed"))
+        assert handler.flush(10)
+        [message] = collector.messages
+        assert "userId" not in message and message["anonymousId"] == "anon-1"
+        assert "its records carry no user id" in capsys.readouterr().err
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            (7, "7"),
+            (uuid.UUID(int=1), str(uuid.UUID(int=1))),
+            ("u" * MAX_USER_ID_LENGTH, "u" * 1024),
+        ],
+    )
+    def test_ints_uuids_and_texts_are_user_ids(
+        self,
+        make_handler: Any,
+        collector: LocalCollector,
+        logger: logging.Logger,
+        value: Any,
+        expected: str,
+    ) -> None:
+        """An int, a UUID and a text within the limit are the request's user id."""
+        handler = make_handler()
+        logger.addHandler(handler)
+        self.run(CountingHook(value), lambda: logger.info("Viewed"))
+        assert handler.flush(10)
+        [message] = collector.messages
+        assert message["userId"] == expected
 
     def test_a_request_that_cannot_be_read_runs_unbound(
         self, capsys: pytest.CaptureFixture[str]
