@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
+import segmentio_logging
 from segmentio_logging.testing import LocalCollector
 
 from ..helpers import free_port
@@ -161,6 +162,30 @@ class TestTestClient:
         [message] = collector.messages
         assert "userId" not in message and message["anonymousId"] == "anon-5"
         assert "the session store is down" in capfd.readouterr().err
+
+    def test_a_streamed_body_logs_with_the_request(
+        self, shop: Any, collector: LocalCollector
+    ) -> None:
+        """Records logged while a StreamingHttpResponse streams (sync, async) carry the request."""
+        from django.test import AsyncClient, Client
+
+        client = Client()
+        client.cookies["ajs_anonymous_id"] = COOKIE
+        assert b"".join(client.get("/export").streaming_content) == b"a\n"
+
+        async def stream() -> bytes:
+            client = AsyncClient()
+            client.cookies["ajs_anonymous_id"] = COOKIE
+            response = await client.get("/async-export")
+            return b"".join([chunk async for chunk in response.streaming_content])
+
+        assert asyncio.run(stream()) == b"a\n"
+        assert shop.flush(10)
+        assert sorted((m["event"], m["anonymousId"]) for m in collector.messages) == [
+            ("Async Export Streamed", "anon-5"),
+            ("Export Streamed", "anon-5"),
+        ]
+        assert segmentio_logging.current_identity() == {}
 
     def test_settings_give_the_hook_and_the_proxies(
         self, shop: Any, collector: LocalCollector
