@@ -27,11 +27,16 @@ from __future__ import annotations
 import contextvars
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Optional
 
-from asgiref.sync import (  # type: ignore[import-not-found,unused-ignore]
-    iscoroutinefunction,
-    markcoroutinefunction,
-    sync_to_async,
-)
+try:
+    from asgiref.sync import (  # type: ignore[import-not-found,unused-ignore]
+        iscoroutinefunction,
+        markcoroutinefunction,
+        sync_to_async,
+    )
+except ImportError as exc:  # Django installs asgiref
+    raise ImportError(
+        "segmentio_logging.contrib.django needs Django: pip install 'segmentio-logging[django]'"
+    ) from exc
 
 from .. import _report
 from .._context import _identity

@@ -309,3 +309,14 @@ class TestGunicorn:
             assert message["anonymousId"] == "anon-5"
             assert message["context"]["ip"] == f"203.0.113.{n}"
             assert message["context"]["page"]["search"] == f"?n={n}"
+
+
+def test_without_django_the_import_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing the middleware without Django's packages names the extra to install."""
+    import importlib
+
+    for name in ("asgiref", "asgiref.sync", "segmentio_logging.contrib.django"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "segmentio_logging.contrib.django")
+    with pytest.raises(ImportError, match=r"pip install 'segmentio-logging\[django\]'"):
+        importlib.import_module("segmentio_logging.contrib.django")
