@@ -18,6 +18,7 @@ import ipaddress
 import json
 import re
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional
 from urllib.parse import quote, unquote
@@ -30,6 +31,11 @@ DEFAULT_COOKIE = "ajs_anonymous_id"
 # analytics.js writes a UUID (or the site's own id): a cookie far longer is not one it wrote.
 MAX_ID_LENGTH = 200
 _BARE_ID = re.compile(rf"[A-Za-z0-9._:@+-]{{1,{MAX_ID_LENGTH}}}\Z")
+# Each of context.page's texts and context.userAgent is cut to this many UTF-8 bytes: a
+# long query string would otherwise push every event of its request past Segment's 32 KB.
+MAX_CONTEXT_TEXT = 2048
+# A user id longer than this is no id (a token, a serialised object): Segment's ids are short.
+MAX_USER_ID_LENGTH = 1024
 # What a path keeps as it is when it is quoted for context.page (RFC 3986's pchar and "/").
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 
@@ -232,25 +238,36 @@ def context_of(facts: RequestFacts, trusted_proxies: int) -> Dict[str, Any]:
     """``context.ip``, ``context.userAgent`` and ``context.page`` of a request.
 
     ``page`` has ``url`` and ``path`` always, ``search`` (with its ``?``) and
-    ``referrer`` when the request has them, as analytics.js names them.
+    ``referrer`` when the request has them, as analytics.js names them; each text
+    is :func:`capped`.
     """
     search = f"?{facts.query}" if facts.query else ""
-    page: Dict[str, Any] = {"path": facts.path}
+    page: Dict[str, Any] = {"path": capped(facts.path)}
     if facts.host:
-        page["url"] = f"{facts.scheme}://{facts.host}{facts.path}{search}"
+        page["url"] = capped(f"{facts.scheme}://{facts.host}{facts.path}{search}")
     else:
-        page["url"] = f"{facts.path}{search}"
+        page["url"] = capped(f"{facts.path}{search}")
     if search:
-        page["search"] = search
+        page["search"] = capped(search)
     if facts.referrer:
-        page["referrer"] = facts.referrer
+        page["referrer"] = capped(facts.referrer)
     context: Dict[str, Any] = {"page": page}
     ip = client_ip(facts.peer, facts.forwarded_for, trusted_proxies)
     if ip:
         context["ip"] = ip
     if facts.user_agent:
-        context["userAgent"] = facts.user_agent
+        context["userAgent"] = capped(facts.user_agent)
     return context
+
+
+def capped(text: str, limit: int = MAX_CONTEXT_TEXT) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    if len(text) * 4 <= limit:  # the common case: short enough whatever its characters
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore")
 
 
 class LazyIdentity(Mapping[str, Any]):
@@ -307,7 +324,7 @@ class LazyIdentity(Mapping[str, Any]):
 def _call_hook(resolve: Callable[[], Any]) -> Any:
     """The user id, or None when the lookup raises: logging must not break the request."""
     try:
-        return resolve()
+        return user_id_of(resolve())
     except Exception as exc:
         _report.warn(
             "contrib-user-id",
@@ -315,6 +332,31 @@ def _call_hook(resolve: Callable[[], Any]) -> Any:
             "its records carry no user id",
         )
         return None
+
+
+def user_id_of(value: Any) -> Any:
+    """A lookup's result as a user id: a text of at most :data:`MAX_USER_ID_LENGTH`
+    characters, an int or a UUID (as its text); None or "" for no user.
+
+    Anything else is no user id, with a warning: a dict or a huge text would make
+    every event of the request too big to send, and an object's ``str()`` would
+    merge unrelated users under one id. The anonymous id stays.
+    """
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str):
+        if len(value) <= MAX_USER_ID_LENGTH:
+            return value
+        problem = f"a text of {len(value)} characters (at most {MAX_USER_ID_LENGTH})"
+    else:
+        problem = f"a {type(value).__name__}, not a str or an int"
+    _report.warn(
+        "contrib-user-id-type",
+        f"the request's user id lookup returned {problem}; its records carry no user id",
+    )
+    return None
 
 
 def bind_request(

@@ -132,8 +132,8 @@ class _Lifespan:
     """One lifespan: passed through to the app, with the delivery before its shutdown answer.
 
     An app that does not speak the protocol (it raises before reading a message,
-    as Django's ASGI handler does) gets it spoken for it, so that the shutdown
-    still reaches the middleware.
+    as Django's ASGI handler does, or returns without reading or sending one) gets
+    it spoken for it, so that the shutdown still reaches the middleware.
     """
 
     def __init__(self, app: ASGIApp, action: str) -> None:
@@ -167,7 +167,10 @@ class _Lifespan:
                 raise
             await self._speak_for_the_app(receive, send)
             return
-        if "lifespan.shutdown" in self.read:  # it returned without answering the shutdown
+        if not self.read and not self.answered:
+            # The common "if scope['type'] != 'http': return": it ignores the lifespan.
+            await self._speak_for_the_app(receive, send)
+        elif "lifespan.shutdown" in self.read:  # it returned without answering the shutdown
             await self._deliver()
 
     async def _speak_for_the_app(self, receive: Receive, send: Send) -> None:

@@ -24,14 +24,22 @@ query). An async request cannot look it up from a log call on the event loop
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Mapping, Optional
+import contextvars
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Optional
 
-from asgiref.sync import (  # type: ignore[import-not-found,unused-ignore]
-    iscoroutinefunction,
-    markcoroutinefunction,
-    sync_to_async,
-)
+try:
+    from asgiref.sync import (  # type: ignore[import-not-found,unused-ignore]
+        iscoroutinefunction,
+        markcoroutinefunction,
+        sync_to_async,
+    )
+except ImportError as exc:  # Django installs asgiref
+    raise ImportError(
+        "segmentio_logging.contrib.django needs Django: pip install 'segmentio-logging[django]'"
+    ) from exc
 
+from .. import _report
+from .._context import _identity
 from ._web import RequestFacts, WebOptions, bind_request, unbind_request, web_options
 
 __all__ = ["SETTING", "SegmentMiddleware"]
@@ -99,7 +107,7 @@ class SegmentMiddleware:
         user_id = self._user_id
         binding = bind_request(lambda: _facts(request), self.options, lambda: user_id(request))
         try:
-            return self.get_response(request)
+            return _streamed_in_request(self.get_response(request))
         finally:
             unbind_request(binding)
 
@@ -107,7 +115,7 @@ class SegmentMiddleware:
         resolve = await self._async_user(request)
         binding = bind_request(lambda: _facts(request), self.options, resolve)
         try:
-            return await self.get_response(request)
+            return _streamed_in_request(await self.get_response(request))
         finally:
             unbind_request(binding)
 
@@ -117,9 +125,62 @@ class SegmentMiddleware:
         if self.options.user_id is not None:
             hook = self.options.user_id
             return lambda: hook(request)
-        auser: Optional[Callable[[], Awaitable[Any]]] = getattr(request, "auser", None)
-        if auser is not None:
-            pk = _user_pk(await auser())  # Django 5.0+
-        else:
-            pk = await sync_to_async(default_user_id)(request)
+        try:
+            pk = await _load_user_pk(request)
+        except Exception as exc:
+            # A session store or database that is down costs the user id, never the request.
+            _report.warn(
+                "contrib-user-id",
+                f"looking up the request's user id raised {type(exc).__name__}: {exc}; "
+                "its records carry no user id",
+            )
+            return None
         return lambda: pk
+
+
+async def _load_user_pk(request: Any) -> Any:
+    auser: Optional[Callable[[], Awaitable[Any]]] = getattr(request, "auser", None)
+    if auser is not None:
+        return _user_pk(await auser())  # Django 5.0+
+    return await sync_to_async(default_user_id)(request)
+
+
+def _streamed_in_request(response: Any) -> Any:
+    """``response``, its streamed body (if it has one) iterated with the request's identity.
+
+    A ``StreamingHttpResponse``'s body runs after the middleware returned, when
+    the request is no longer bound; a ``FileResponse`` of a file is left alone:
+    the server sends the file itself (``wsgi.file_wrapper``), and a file logs nothing.
+    """
+    if getattr(response, "streaming", False) is not True:
+        return response
+    if getattr(response, "file_to_stream", None) is not None:
+        return response
+    if getattr(response, "is_async", False):  # Django 4.2+
+        response.streaming_content = _async_steps(_identity.get(), response.streaming_content)
+    else:
+        snapshot = contextvars.copy_context()  # holds the request's binding, made above
+        response.streaming_content = _steps(snapshot, iter(response.streaming_content))
+    return response
+
+
+def _steps(snapshot: contextvars.Context, chunks: Iterator[Any]) -> Iterator[Any]:
+    while True:
+        try:
+            chunk = snapshot.run(next, chunks)
+        except StopIteration:
+            return
+        yield chunk
+
+
+async def _async_steps(identity: Any, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    # Bound around each step only: between steps the server's code runs in this task.
+    while True:
+        token = _identity.set(identity)
+        try:
+            chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        finally:
+            _identity.reset(token)
+        yield chunk

@@ -65,9 +65,16 @@ class SegmentMiddleware:
             lambda: user_id(environ),
         )
         body = context.run(self.app, environ, start_response)
-        if isinstance(body, (list, tuple)):
-            return body  # nothing more of the app runs
+        if isinstance(body, (list, tuple)) or _is_file_wrapper(environ, body):
+            # Nothing more of the app runs; a server's file wrapper kept as it is lets
+            # the server send the file itself (sendfile).
+            return body
         return _BoundBody(context, body)
+
+
+def _is_file_wrapper(environ: Any, body: Any) -> bool:
+    wrapper = environ.get("wsgi.file_wrapper")
+    return isinstance(wrapper, type) and isinstance(body, wrapper)
 
 
 class _BoundBody:

@@ -202,14 +202,18 @@ class Lifespan:
 
 
 class TestLifespanProtocol:
+    @pytest.mark.parametrize("refusal", ["raises", "returns"])
     def test_an_app_without_lifespan_support_gets_it_spoken_for(
-        self, collector: LocalCollector, logger: logging.Logger
+        self, collector: LocalCollector, logger: logging.Logger, refusal: str
     ) -> None:
-        """An app that refuses the lifespan scope (Django's) still gets its events delivered."""
+        """An app that refuses the lifespan scope (raising, as Django's does, or returning at
+        once) still gets its events delivered."""
 
         async def http_only(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] != "http":
-                raise ValueError("only http")
+                if refusal == "raises":
+                    raise ValueError("only http")
+                return
 
         handler = SegmentHandler("key", host=collector.url, flush_interval=60)
         logger.addHandler(handler)

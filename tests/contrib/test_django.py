@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
+import segmentio_logging
 from segmentio_logging.testing import LocalCollector
 
 from ..helpers import free_port
@@ -138,6 +139,54 @@ class TestTestClient:
         assert (message["userId"], message["anonymousId"]) == (str(user.pk), "anon-5")
         assert message["context"]["ip"] == "127.0.0.1"  # trusted_proxies 0: the header ignored
 
+    def test_an_async_user_lookup_that_raises_costs_only_the_user_id(
+        self,
+        shop: Any,
+        collector: LocalCollector,
+        capfd: pytest.CaptureFixture[str],
+        warnings_shown: None,
+    ) -> None:
+        """A session store that is down: the async view still answers, its event has no userId."""
+        from django.test import AsyncClient, override_settings
+
+        async def request() -> Any:
+            client = AsyncClient(raise_request_exception=False)
+            client.cookies["sessionid"] = "abcdefghijklmnopqrstuvwxyz012345"
+            client.cookies["ajs_anonymous_id"] = COOKIE
+            return await client.get("/async-health")
+
+        with override_settings(SESSION_ENGINE="down_sessions"):
+            response = asyncio.run(request())
+        assert response.status_code == 200
+        assert shop.flush(10)
+        [message] = collector.messages
+        assert "userId" not in message and message["anonymousId"] == "anon-5"
+        assert "the session store is down" in capfd.readouterr().err
+
+    def test_a_streamed_body_logs_with_the_request(
+        self, shop: Any, collector: LocalCollector
+    ) -> None:
+        """Records logged while a StreamingHttpResponse streams (sync, async) carry the request."""
+        from django.test import AsyncClient, Client
+
+        client = Client()
+        client.cookies["ajs_anonymous_id"] = COOKIE
+        assert b"".join(client.get("/export").streaming_content) == b"a\n"
+
+        async def stream() -> bytes:
+            client = AsyncClient()
+            client.cookies["ajs_anonymous_id"] = COOKIE
+            response = await client.get("/async-export")
+            return b"".join([chunk async for chunk in response.streaming_content])
+
+        assert asyncio.run(stream()) == b"a\n"
+        assert shop.flush(10)
+        assert sorted((m["event"], m["anonymousId"]) for m in collector.messages) == [
+            ("Async Export Streamed", "anon-5"),
+            ("Export Streamed", "anon-5"),
+        ]
+        assert segmentio_logging.current_identity() == {}
+
     def test_settings_give_the_hook_and_the_proxies(
         self, shop: Any, collector: LocalCollector
     ) -> None:
@@ -260,3 +309,14 @@ class TestGunicorn:
             assert message["anonymousId"] == "anon-5"
             assert message["context"]["ip"] == f"203.0.113.{n}"
             assert message["context"]["page"]["search"] == f"?n={n}"
+
+
+def test_without_django_the_import_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing the middleware without Django's packages names the extra to install."""
+    import importlib
+
+    for name in ("asgiref", "asgiref.sync", "segmentio_logging.contrib.django"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "segmentio_logging.contrib.django")
+    with pytest.raises(ImportError, match=r"pip install 'segmentio-logging\[django\]'"):
+        importlib.import_module("segmentio_logging.contrib.django")

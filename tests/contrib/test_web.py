@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import Any, Callable, List, Optional
 
 import pytest
 
 import segmentio_logging
 from segmentio_logging.contrib._web import (
+    MAX_CONTEXT_TEXT,
+    MAX_USER_ID_LENGTH,
     LazyIdentity,
     RequestFacts,
     anonymous_id_of,
     bind_request,
+    capped,
     client_ip,
     context_of,
     cookie_value,
@@ -149,6 +153,53 @@ class TestContext:
         assert "ip" not in context_of(named, 0)  # a peer that is not an address
 
 
+class TestCaps:
+    def test_long_texts_are_cut_on_a_character_boundary(self) -> None:
+        """url, search, path, referrer and userAgent keep at most MAX_CONTEXT_TEXT bytes."""
+        facts = RequestFacts(
+            scheme="https",
+            host="shop.example",
+            path="/" + "p" * 5000,
+            query="q=" + "a" * 17_000,
+            peer="10.0.0.1",
+            user_agent="é" * 3000,  # two bytes each: the cut falls inside none
+            referrer="https://a.example/?" + "r" * 5000,
+        )
+        context = context_of(facts, 0)
+        texts = [*context["page"].values(), context["userAgent"]]
+        assert len(texts) == 5
+        for text in texts:
+            assert len(text.encode("utf-8")) <= MAX_CONTEXT_TEXT
+            assert len(text.encode("utf-8")) >= MAX_CONTEXT_TEXT - 1
+        assert context["userAgent"] == "é" * (MAX_CONTEXT_TEXT // 2)
+        assert context["page"]["url"].startswith("https://shop.example/ppp")
+        assert context["page"]["search"].startswith("?q=aaa")
+
+    def test_short_texts_are_kept(self) -> None:
+        """Texts within the limit are untouched, whatever their characters."""
+        assert capped("日本" * 10) == "日本" * 10
+        assert capped("x" * MAX_CONTEXT_TEXT) == "x" * MAX_CONTEXT_TEXT
+        assert capped("€" * 1000, 10) == "€" * 3
+
+    def test_an_event_of_a_long_query_is_delivered(
+        self, make_handler: Any, collector: LocalCollector, logger: logging.Logger
+    ) -> None:
+        """A 17,000-character query string no longer pushes the request's events past 32 KB."""
+        handler = make_handler()
+        logger.addHandler(handler)
+        facts = RequestFacts(
+            scheme="http", host="h", path="/search", query="q=" + "a" * 17_000, peer=None
+        )
+        binding = bind_request(lambda: facts, web_options("test"), None)
+        try:
+            logger.info("Searched", extra={"user_id": "u1"})
+        finally:
+            unbind_request(binding)
+        assert handler.flush(10)
+        [message] = collector.messages
+        assert message["context"]["page"]["path"] == "/search"
+
+
 class TestOptions:
     def test_checked(self) -> None:
         """Wrong options are clear errors naming the middleware."""
@@ -193,6 +244,15 @@ class CountingHook:
         if self.error is not None:
             raise self.error
         return self.value
+
+
+class Unprintable:
+    """A user object whose text cannot be had."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    __repr__ = __str__
 
 
 class TestBinding:
@@ -250,6 +310,7 @@ class TestBinding:
         collector: LocalCollector,
         logger: logging.Logger,
         capsys: pytest.CaptureFixture[str],
+        warnings_shown: None,
     ) -> None:
         """A lookup that raises costs the user id (with a warning), never the request."""
         handler = make_handler()
@@ -259,6 +320,53 @@ class TestBinding:
         [message] = collector.messages
         assert "userId" not in message and message["anonymousId"] == "anon-1"
         assert "RuntimeError: db down" in capsys.readouterr().err
+
+    @pytest.mark.parametrize(
+        "value",
+        [{"id": 1}, ["u1"], "u" * 40_000, True, b"u1", Unprintable()],
+        ids=["dict", "list", "huge", "bool", "bytes", "unprintable"],
+    )
+    def test_an_odd_user_id_is_dropped_not_the_event(
+        self,
+        make_handler: Any,
+        collector: LocalCollector,
+        logger: logging.Logger,
+        capsys: pytest.CaptureFixture[str],
+        warnings_shown: None,
+        value: Any,
+    ) -> None:
+        """A lookup returning what is no id: a warning, no userId, the anonymous id kept."""
+        handler = make_handler()
+        logger.addHandler(handler)
+        self.run(CountingHook(value), lambda: logger.info("Viewed"))
+        assert handler.flush(10)
+        [message] = collector.messages
+        assert "userId" not in message and message["anonymousId"] == "anon-1"
+        assert "its records carry no user id" in capsys.readouterr().err
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            (7, "7"),
+            (uuid.UUID(int=1), str(uuid.UUID(int=1))),
+            ("u" * MAX_USER_ID_LENGTH, "u" * 1024),
+        ],
+    )
+    def test_ints_uuids_and_texts_are_user_ids(
+        self,
+        make_handler: Any,
+        collector: LocalCollector,
+        logger: logging.Logger,
+        value: Any,
+        expected: str,
+    ) -> None:
+        """An int, a UUID and a text within the limit are the request's user id."""
+        handler = make_handler()
+        logger.addHandler(handler)
+        self.run(CountingHook(value), lambda: logger.info("Viewed"))
+        assert handler.flush(10)
+        [message] = collector.messages
+        assert message["userId"] == expected
 
     def test_a_request_that_cannot_be_read_runs_unbound(
         self, capsys: pytest.CaptureFixture[str]

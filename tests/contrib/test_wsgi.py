@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List
@@ -145,6 +146,18 @@ class TestPlainWSGI:
         body = app(environ, lambda status, headers: statuses.append(status))
         assert list(body) == [b"ok"] and statuses == ["200 OK"]
         assert segmentio_logging.current_identity() == {}
+
+    def test_a_servers_file_wrapper_is_returned_as_it_is(self, logger: logging.Logger) -> None:
+        """A body made by wsgi.file_wrapper reaches the server unwrapped: it may sendfile it."""
+        from wsgiref.util import FileWrapper
+
+        def send_file(environ: Dict[str, Any], start_response: Any) -> Any:
+            start_response("200 OK", [])
+            return environ["wsgi.file_wrapper"](io.BytesIO(b"file"))
+
+        environ = {"PATH_INFO": "/", "HTTP_COOKIE": COOKIE, "wsgi.file_wrapper": FileWrapper}
+        body = SegmentMiddleware(send_file)(environ, lambda status, headers: None)
+        assert isinstance(body, FileWrapper) and list(body) == [b"file"]
 
     def test_options_are_checked(self, logger: logging.Logger) -> None:
         """A wrong option fails at construction, naming it."""

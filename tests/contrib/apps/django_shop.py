@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict
+from typing import Any, AsyncIterator, Dict, Iterator
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import path
 
 log = logging.getLogger("shop")
@@ -37,10 +37,34 @@ async def async_cart(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok")
 
 
+async def async_health(request: HttpRequest) -> HttpResponse:
+    log.info("Health Checked")
+    return HttpResponse("ok")
+
+
+def export(request: HttpRequest) -> StreamingHttpResponse:
+    def rows() -> Iterator[str]:
+        log.info("Export Streamed")
+        yield "a\n"
+
+    return StreamingHttpResponse(rows())
+
+
+async def async_export(request: HttpRequest) -> StreamingHttpResponse:
+    async def rows() -> AsyncIterator[str]:
+        log.info("Async Export Streamed")
+        yield "a\n"
+
+    return StreamingHttpResponse(rows())
+
+
 urlpatterns = [
     path("cart", cart),
     path("quiet", quiet),
     path("async-cart", async_cart),
+    path("async-health", async_health),
+    path("export", export),
+    path("async-export", async_export),
 ]
 
 MIDDLEWARE = [
