@@ -207,12 +207,28 @@ class ProxyURL(str):
         return repr(mask_password(self))
 
 
-_USERINFO = re.compile(r"^(?P<scheme>[^:/]*://)?(?P<user>[^/@:]*):[^/@]*@")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_HOST_AND_PORT = re.compile(r"^[A-Za-z0-9.\[\]:_-]*$")
 
 
 def mask_password(url: str) -> str:
-    """``url`` with the password of its ``user:password@`` part, if any, as ``***``."""
-    return _USERINFO.sub(lambda m: f"{m['scheme'] or ''}{m['user']}:***@", url, count=1)
+    """``url`` with the password of its ``user:password@`` part, if any, as ``***``.
+
+    The user info ends at the last ``@`` before the first ``/?#``. An ``@`` after
+    those means a password holding one of them, not percent-encoded: where it ends
+    is a guess, so only the scheme, ``***@`` and a host after the last ``@`` show.
+    """
+    found = _SCHEME.match(url)
+    scheme = found.group() if found else ""
+    rest = url[len(scheme) :]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in rest[len(authority) :]:
+        host = rest.rpartition("@")[2]
+        return f"{scheme}***@{host if _HOST_AND_PORT.match(host) else ''}"
+    userinfo, at, _ = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return str(url)  # no password; a plain str, for ProxyURL's repr
+    return f"{scheme}{userinfo.partition(':')[0]}:***@{rest[len(userinfo) + 1 :]}"
 
 
 def check_proxy(name: str, value: Any) -> ProxyURL:
