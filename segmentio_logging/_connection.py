@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import math
 import os
 import re
 import ssl
@@ -29,6 +30,7 @@ from urllib.request import getproxies_environment
 import urllib3
 from urllib3.util.ssl_ import create_urllib3_context
 
+from . import _report
 from ._options import Options, ProxyURL, check_proxy, mask_password
 
 # NO_PROXY as urllib.request reads it (a public function that typeshed does not list).
@@ -245,7 +247,18 @@ def choose_proxy(parts: SplitResult, proxy: Optional[str]) -> Tuple[Optional[Pro
         (name for name in (f"{key}_proxy", f"{key.upper()}_PROXY") if os.environ.get(name)),
         f"{key.upper()}_PROXY",
     )
-    return check_proxy(f"proxy (from {variable})", value) or None, variable
+    try:
+        return check_proxy(f"proxy (from {variable})", value) or None, variable
+    except ValueError as exc:
+        # The variable is the machine's (a SOCKS proxy for other tools, a typo), not a Segment
+        # option: the application still starts, and says once what it ignored.
+        _report.warn(
+            f"ignored proxy variable {variable}={value}",
+            f"{variable} is ignored, {host} is reached directly: {exc} (the proxy option or "
+            "SEGMENT_PROXY sets a proxy for Segment alone)",
+            interval=math.inf,
+        )
+        return None, f"{variable} ignored"
 
 
 def tls_context(

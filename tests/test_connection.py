@@ -4,6 +4,9 @@ proxy.py as the proxy, LocalCollector over TLS with trustme certificates."""
 
 from __future__ import annotations
 
+import itertools
+import logging
+import logging.config
 import re
 import ssl
 import warnings
@@ -29,6 +32,7 @@ from .helpers import PrivateCA, ProxyServer, Recorder, clean_network_environment
 
 PASSWORD = "s3cr:t@pass"  # ':' and '@' percent-encoded in the URL
 QUOTED = "s3cr%3At%40pass"
+UNIQUE = itertools.count(20000)  # a value no other test set: its warning is yet to be given
 
 pytestmark = pytest.mark.usefixtures(clean_network_environment.__name__)
 MakeClient = Callable[..., Client]
@@ -237,13 +241,77 @@ class TestProxyEnvironment:
         deliver_one(client)
         assert "proxy.py" in collector.requests[0].headers["via"]
 
-    def test_a_proxy_variable_that_cannot_be_used_is_an_error_naming_it(
-        self, monkeypatch: pytest.MonkeyPatch
+    @pytest.mark.parametrize(
+        ("variable", "value", "why"),
+        [
+            ("ALL_PROXY", "socks5h://127.0.0.1:{n}", "SOCKS proxies are not supported"),
+            ("HTTP_PROXY", "https://127.0.0.1:{n}", "https:// proxies"),
+            ("HTTP_PROXY", "garbage with spaces {n}", "host name or IP address"),
+            ("http_proxy", "http://proxy_-.example:{n}", "host name or IP address"),
+            ("HTTP_PROXY", "http://alice:s3cr/et@127.0.0.1:{n}", "not a valid URL"),
+        ],
+    )
+    def test_a_proxy_variable_that_cannot_be_used_is_warned_about_and_skipped(
+        self,
+        make_client: MakeClient,
+        collector: LocalCollector,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        variable: str,
+        value: str,
+        why: str,
     ) -> None:
-        """HTTPS_PROXY=socks5://...: a ValueError at construction that names the variable."""
-        monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
-        with pytest.raises(ValueError, match=r"^proxy \(from HTTPS_PROXY\): SOCKS"):
-            Client("k", host="https://127.0.0.1:9")
+        """The machine's variable, unusable: one warning naming it, then a direct connection."""
+        monkeypatch.setenv(variable, value.format(n=next(UNIQUE)))
+        client = make_client(collector.url)
+        make_client(collector.url)  # the same variable again: no second warning
+        err = capsys.readouterr().err
+        assert client._pipeline.transport.route.proxy is None  # type: ignore[attr-defined]
+        assert err.count("segmentio_logging:") == 1, err
+        assert f"proxy (from {variable})" in err and why in err
+        assert f"{variable} is ignored, 127.0.0.1 is reached directly" in err
+        assert "s3cr" not in err and "et@" not in err
+        deliver_one(client)
+        assert "via" not in collector.requests[0].headers
+
+    def test_a_segment_handler_starts_under_a_socks_variable(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """dictConfig builds the handler although ALL_PROXY names a SOCKS proxy."""
+        monkeypatch.setenv("ALL_PROXY", f"socks5h://127.0.0.1:{next(UNIQUE)}")
+        logging.config.dictConfig(
+            {
+                "version": 1,
+                "handlers": {
+                    "segment": {
+                        "class": "segmentio_logging.SegmentHandler",
+                        "write_key": "k",
+                        "host": closed_url(),
+                        "send": False,
+                    }
+                },
+                "loggers": {"tests.socks": {"handlers": ["segment"]}},
+            }
+        )
+        handler = logging.getLogger("tests.socks").handlers[0]
+        logging.getLogger("tests.socks").removeHandler(handler)
+        handler.close()
+        assert "ALL_PROXY is ignored" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("value", ["socks5://127.0.0.1:1080", "garbage with spaces"])
+    @pytest.mark.parametrize("given", ["option", "SEGMENT_PROXY"])
+    def test_a_proxy_option_that_cannot_be_used_is_an_error(
+        self, monkeypatch: pytest.MonkeyPatch, value: str, given: str
+    ) -> None:
+        """proxy= and SEGMENT_PROXY are Segment's own settings: a ValueError naming them."""
+        options: Dict[str, Any] = {}
+        if given == "option":
+            options["proxy"] = value
+        else:
+            monkeypatch.setenv("SEGMENT_PROXY", value)
+        with pytest.raises(ValueError, match=r"^proxy\b.*(SOCKS|host name or IP)") as raised:
+            Client("k", host="https://127.0.0.1:9", **options)
+        assert (given == "SEGMENT_PROXY") == ("SEGMENT_PROXY" in str(raised.value))
 
 
 class TestProxyAuth:
