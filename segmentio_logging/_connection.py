@@ -241,7 +241,7 @@ def choose_proxy(parts: SplitResult, proxy: Optional[str]) -> Tuple[Optional[Pro
         return None, "no proxy variable"
     host = (parts.hostname or "").lower()
     netloc = f"{host}:{parts.port}" if parts.port else host
-    if proxy_bypass_environment(netloc, found):
+    if proxy_bypass_environment(netloc, found) or in_a_network(host, found.get("no", "")):
         return None, "NO_PROXY"
     variable = next(
         (name for name in (f"{key}_proxy", f"{key.upper()}_PROXY") if os.environ.get(name)),
@@ -259,6 +259,23 @@ def choose_proxy(parts: SplitResult, proxy: Optional[str]) -> Tuple[Optional[Pro
             interval=math.inf,
         )
         return None, f"{variable} ignored"
+
+
+def in_a_network(host: str, no_proxy: str) -> bool:
+    """Whether ``host`` is an IP address inside a CIDR entry of ``no_proxy`` (``10.0.0.0/8``,
+    ``fd00::/8``): what ``requests`` matches besides ``proxy_bypass_environment``'s names."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    for entry in no_proxy.replace(" ", "").replace("[", "").replace("]", "").split(","):
+        try:
+            network = ipaddress.ip_network(entry, strict=False) if "/" in entry else None
+        except ValueError:
+            continue  # not a CIDR: a name, matched (or not) by proxy_bypass_environment
+        if network is not None and address in network:
+            return True
+    return False
 
 
 def tls_context(

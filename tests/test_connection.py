@@ -227,6 +227,42 @@ class TestProxyEnvironment:
         deliver_one(client)
         assert len(collector.messages) == 1
 
+    def test_a_no_proxy_network_sends_an_ip_host_direct(
+        self, make_client: MakeClient, collector: LocalCollector, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """NO_PROXY=10.0.0.0/8,127.0.0.0/8: 127.0.0.1 is in a network listed, so direct."""
+        monkeypatch.setenv("NO_PROXY", "10.0.0.0/8, 127.0.0.0/8,localhost")
+        monkeypatch.setenv("HTTP_PROXY", closed_url())  # through it nothing could arrive
+        client = make_client(collector.url)
+        assert client._pipeline.transport.route.proxy_source == "NO_PROXY"  # type: ignore[attr-defined]
+        deliver_one(client)
+        assert len(collector.messages) == 1
+
+    @pytest.mark.parametrize(
+        ("host", "no_proxy", "direct"),
+        [
+            ("http://10.1.2.3:8080", "10.0.0.0/8,localhost", True),
+            ("http://10.1.2.3:8080", "10.1.2.0/255.255.255.0", True),
+            ("http://10.1.2.3:8080", "10.1.2.3/32", True),
+            ("http://11.1.2.3:8080", "10.0.0.0/8", False),
+            ("http://[fd00::5]:8080", "fd00::/8", True),
+            ("http://[fd00::5]:8080", "[fd00::]/8", True),
+            ("http://[fe80::5]:8080", "fd00::/8", False),
+            ("http://10.1.2.3:8080", "::/0", False),  # an IPv4 host is in no IPv6 network
+            ("http://ten.example:8080", "10.0.0.0/8", False),  # names are not resolved
+            ("http://10.1.2.3:8080", "10.0.0.0/99,example.test", False),
+            ("http://[::1]:8080", "::1", True),  # as before: proxy_bypass_environment's own
+            ("http://[::1]:8080", "[::1]", False),
+        ],
+    )
+    def test_which_ip_hosts_a_no_proxy_network_sends_direct(
+        self, monkeypatch: pytest.MonkeyPatch, host: str, no_proxy: str, direct: bool
+    ) -> None:
+        """CIDR entries (IPv4 and IPv6) match IP hosts inside them, as requests matches them."""
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy.corp.example:3128")
+        monkeypatch.setenv("NO_PROXY", no_proxy)
+        assert (route_for(host).proxy is None) is direct
+
     def test_no_proxy_for_another_host_keeps_the_proxy(
         self,
         make_client: MakeClient,
