@@ -24,6 +24,7 @@ from ._classic import (
     track,
 )
 from ._client import Client
+from ._connection import ClearTextWarning
 from ._context import SegmentLoggerAdapter, bind, current_identity, identified, unbind
 from ._errors import (
     ClosedError,
@@ -39,6 +40,7 @@ from ._transport import Response
 from ._version import __version__
 
 __all__ = [
+    "ClearTextWarning",
     "Client",
     "ClosedError",
     "DeliveryError",

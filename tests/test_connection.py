@@ -15,10 +15,10 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from segmentio_logging import Client, DeliveryError, SegmentHandler
+import segmentio_logging
+from segmentio_logging import ClearTextWarning, Client, DeliveryError, SegmentHandler
 from segmentio_logging._connection import (
     CertificateRefused,
-    ClearTextWarning,
     ProxyRefused,
     is_loopback,
     refusal,
@@ -623,6 +623,14 @@ class TestClearText:
         handler.close()
         assert len(caught) == 1
         assert host in str(caught[0].message)
+
+    def test_the_warning_class_is_public(self) -> None:
+        """ClearTextWarning comes from the package itself: filtering by it silences the warning."""
+        assert "ClearTextWarning" in segmentio_logging.__all__
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            warnings.filterwarnings("ignore", category=segmentio_logging.ClearTextWarning)
+            SegmentHandler("k", host="http://example.test").close()
 
     @pytest.mark.parametrize(
         "host",
