@@ -2,7 +2,9 @@
 
 Everything is decided once, when the transport is built: which proxy (the
 ``proxy`` option, else ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` unless
-``NO_PROXY`` names the host, read as ``urllib.request`` reads them), which CAs
+``NO_PROXY`` names the host, read as ``urllib.request`` reads them, or lists a
+network the host's IP address is in; a variable that cannot be used is reported
+and skipped, where the option raises), which CAs
 to trust (``ca_certs``, else ``REQUESTS_CA_BUNDLE``, else ``SSL_CERT_FILE``,
 else the system store) and which client certificate to show. Files are read
 then, so that a missing one is an error at construction; a later pool (after a
