@@ -24,6 +24,7 @@ from ._classic import (
     track,
 )
 from ._client import Client
+from ._connection import ClearTextWarning
 from ._context import (
     BoundIdentityFilter,
     SegmentLoggerAdapter,
@@ -47,6 +48,7 @@ from ._version import __version__
 
 __all__ = [
     "BoundIdentityFilter",
+    "ClearTextWarning",
     "Client",
     "ClosedError",
     "DeliveryError",

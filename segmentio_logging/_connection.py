@@ -2,7 +2,9 @@
 
 Everything is decided once, when the transport is built: which proxy (the
 ``proxy`` option, else ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` unless
-``NO_PROXY`` names the host, read as ``urllib.request`` reads them), which CAs
+``NO_PROXY`` names the host, read as ``urllib.request`` reads them, or lists a
+network the host's IP address is in; a variable that cannot be used is reported
+and skipped, where the option raises), which CAs
 to trust (``ca_certs``, else ``REQUESTS_CA_BUNDLE``, else ``SSL_CERT_FILE``,
 else the system store) and which client certificate to show. Files are read
 then, so that a missing one is an error at construction; a later pool (after a
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import math
 import os
 import re
 import ssl
@@ -29,6 +32,7 @@ from urllib.request import getproxies_environment
 import urllib3
 from urllib3.util.ssl_ import create_urllib3_context
 
+from . import _report
 from ._options import Options, ProxyURL, check_proxy, mask_password
 
 # NO_PROXY as urllib.request reads it (a public function that typeshed does not list).
@@ -239,13 +243,41 @@ def choose_proxy(parts: SplitResult, proxy: Optional[str]) -> Tuple[Optional[Pro
         return None, "no proxy variable"
     host = (parts.hostname or "").lower()
     netloc = f"{host}:{parts.port}" if parts.port else host
-    if proxy_bypass_environment(netloc, found):
+    if proxy_bypass_environment(netloc, found) or in_a_network(host, found.get("no", "")):
         return None, "NO_PROXY"
     variable = next(
         (name for name in (f"{key}_proxy", f"{key.upper()}_PROXY") if os.environ.get(name)),
         f"{key.upper()}_PROXY",
     )
-    return check_proxy(f"proxy (from {variable})", value) or None, variable
+    try:
+        return check_proxy(f"proxy (from {variable})", value) or None, variable
+    except ValueError as exc:
+        # The variable is the machine's (a SOCKS proxy for other tools, a typo), not a Segment
+        # option: the application still starts, and says once what it ignored.
+        _report.warn(
+            f"ignored proxy variable {variable}={value}",
+            f"{variable} is ignored, {host} is reached directly: {exc} (the proxy option or "
+            "SEGMENT_PROXY sets a proxy for Segment alone)",
+            interval=math.inf,
+        )
+        return None, f"{variable} ignored"
+
+
+def in_a_network(host: str, no_proxy: str) -> bool:
+    """Whether ``host`` is an IP address inside a CIDR entry of ``no_proxy`` (``10.0.0.0/8``,
+    ``fd00::/8``): what ``requests`` matches besides ``proxy_bypass_environment``'s names."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    for entry in no_proxy.replace(" ", "").replace("[", "").replace("]", "").split(","):
+        try:
+            network = ipaddress.ip_network(entry, strict=False) if "/" in entry else None
+        except ValueError:
+            continue  # not a CIDR: a name, matched (or not) by proxy_bypass_environment
+        if network is not None and address in network:
+            return True
+    return False
 
 
 def tls_context(

@@ -12,6 +12,7 @@ those fields, so adding an option is adding one field.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import json
 import os
 import re
@@ -207,12 +208,28 @@ class ProxyURL(str):
         return repr(mask_password(self))
 
 
-_USERINFO = re.compile(r"^(?P<scheme>[^:/]*://)?(?P<user>[^/@:]*):[^/@]*@")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_HOST_AND_PORT = re.compile(r"^[A-Za-z0-9.\[\]:_-]*$")
 
 
 def mask_password(url: str) -> str:
-    """``url`` with the password of its ``user:password@`` part, if any, as ``***``."""
-    return _USERINFO.sub(lambda m: f"{m['scheme'] or ''}{m['user']}:***@", url, count=1)
+    """``url`` with the password of its ``user:password@`` part, if any, as ``***``.
+
+    The user info ends at the last ``@`` before the first ``/?#``. An ``@`` after
+    those means a password holding one of them, not percent-encoded: where it ends
+    is a guess, so only the scheme, ``***@`` and a host after the last ``@`` show.
+    """
+    found = _SCHEME.match(url)
+    scheme = found.group() if found else ""
+    rest = url[len(scheme) :]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in rest[len(authority) :]:
+        host = rest.rpartition("@")[2]
+        return f"{scheme}***@{host if _HOST_AND_PORT.match(host) else ''}"
+    userinfo, at, _ = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return str(url)  # no password; a plain str, for ProxyURL's repr
+    return f"{scheme}{userinfo.partition(':')[0]}:***@{rest[len(userinfo) + 1 :]}"
 
 
 def check_proxy(name: str, value: Any) -> ProxyURL:
@@ -239,12 +256,32 @@ def check_proxy(name: str, value: Any) -> ProxyURL:
         raise ValueError(
             f"{name}: {_UNSUPPORTED_PROXY.get(scheme[:5], _OTHER_PROXY)}, got {shown!r}"
         )
-    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+    after_port = parts.path not in ("", "/") or parts.query or parts.fragment
+    if after_port or not is_host(parts.hostname or ""):
         raise ValueError(
-            f"{name} must be a URL with a host name and nothing after the port, such as "
-            f"'http://user:password@proxy.example:3128', got {shown!r}"
+            f"{name} must be a URL with a host name or IP address and nothing after the "
+            f"port, such as 'http://user:password@proxy.example:3128', got {shown!r}"
         )
     return ProxyURL(text.rstrip("/"))
+
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?$")
+
+
+def is_host(name: str) -> bool:
+    """A host name (letters, digits, ``-`` and ``_`` in dot-separated labels; IDNA) or an
+    IP address."""
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    try:
+        ascii_name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    return len(ascii_name) <= 253 and _HOST_NAME.match(ascii_name.lower()) is not None
 
 
 _OTHER_PROXY = "must be an http:// proxy URL"

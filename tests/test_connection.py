@@ -4,6 +4,9 @@ proxy.py as the proxy, LocalCollector over TLS with trustme certificates."""
 
 from __future__ import annotations
 
+import itertools
+import logging
+import logging.config
 import re
 import ssl
 import warnings
@@ -12,10 +15,10 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from segmentio_logging import Client, DeliveryError, SegmentHandler
+import segmentio_logging
+from segmentio_logging import ClearTextWarning, Client, DeliveryError, SegmentHandler
 from segmentio_logging._connection import (
     CertificateRefused,
-    ClearTextWarning,
     ProxyRefused,
     is_loopback,
     refusal,
@@ -29,6 +32,7 @@ from .helpers import PrivateCA, ProxyServer, Recorder, clean_network_environment
 
 PASSWORD = "s3cr:t@pass"  # ':' and '@' percent-encoded in the URL
 QUOTED = "s3cr%3At%40pass"
+UNIQUE = itertools.count(20000)  # a value no other test set: its warning is yet to be given
 
 pytestmark = pytest.mark.usefixtures(clean_network_environment.__name__)
 MakeClient = Callable[..., Client]
@@ -223,6 +227,42 @@ class TestProxyEnvironment:
         deliver_one(client)
         assert len(collector.messages) == 1
 
+    def test_a_no_proxy_network_sends_an_ip_host_direct(
+        self, make_client: MakeClient, collector: LocalCollector, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """NO_PROXY=10.0.0.0/8,127.0.0.0/8: 127.0.0.1 is in a network listed, so direct."""
+        monkeypatch.setenv("NO_PROXY", "10.0.0.0/8, 127.0.0.0/8,localhost")
+        monkeypatch.setenv("HTTP_PROXY", closed_url())  # through it nothing could arrive
+        client = make_client(collector.url)
+        assert client._pipeline.transport.route.proxy_source == "NO_PROXY"  # type: ignore[attr-defined]
+        deliver_one(client)
+        assert len(collector.messages) == 1
+
+    @pytest.mark.parametrize(
+        ("host", "no_proxy", "direct"),
+        [
+            ("http://10.1.2.3:8080", "10.0.0.0/8,localhost", True),
+            ("http://10.1.2.3:8080", "10.1.2.0/255.255.255.0", True),
+            ("http://10.1.2.3:8080", "10.1.2.3/32", True),
+            ("http://11.1.2.3:8080", "10.0.0.0/8", False),
+            ("http://[fd00::5]:8080", "fd00::/8", True),
+            ("http://[fd00::5]:8080", "[fd00::]/8", True),
+            ("http://[fe80::5]:8080", "fd00::/8", False),
+            ("http://10.1.2.3:8080", "::/0", False),  # an IPv4 host is in no IPv6 network
+            ("http://ten.example:8080", "10.0.0.0/8", False),  # names are not resolved
+            ("http://10.1.2.3:8080", "10.0.0.0/99,example.test", False),
+            ("http://[::1]:8080", "::1", True),  # as before: proxy_bypass_environment's own
+            ("http://[::1]:8080", "[::1]", False),
+        ],
+    )
+    def test_which_ip_hosts_a_no_proxy_network_sends_direct(
+        self, monkeypatch: pytest.MonkeyPatch, host: str, no_proxy: str, direct: bool
+    ) -> None:
+        """CIDR entries (IPv4 and IPv6) match IP hosts inside them, as requests matches them."""
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy.corp.example:3128")
+        monkeypatch.setenv("NO_PROXY", no_proxy)
+        assert (route_for(host).proxy is None) is direct
+
     def test_no_proxy_for_another_host_keeps_the_proxy(
         self,
         make_client: MakeClient,
@@ -237,13 +277,77 @@ class TestProxyEnvironment:
         deliver_one(client)
         assert "proxy.py" in collector.requests[0].headers["via"]
 
-    def test_a_proxy_variable_that_cannot_be_used_is_an_error_naming_it(
-        self, monkeypatch: pytest.MonkeyPatch
+    @pytest.mark.parametrize(
+        ("variable", "value", "why"),
+        [
+            ("ALL_PROXY", "socks5h://127.0.0.1:{n}", "SOCKS proxies are not supported"),
+            ("HTTP_PROXY", "https://127.0.0.1:{n}", "https:// proxies"),
+            ("HTTP_PROXY", "garbage with spaces {n}", "host name or IP address"),
+            ("http_proxy", "http://proxy_-.example:{n}", "host name or IP address"),
+            ("HTTP_PROXY", "http://alice:s3cr/et@127.0.0.1:{n}", "not a valid URL"),
+        ],
+    )
+    def test_a_proxy_variable_that_cannot_be_used_is_warned_about_and_skipped(
+        self,
+        make_client: MakeClient,
+        collector: LocalCollector,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        variable: str,
+        value: str,
+        why: str,
     ) -> None:
-        """HTTPS_PROXY=socks5://...: a ValueError at construction that names the variable."""
-        monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
-        with pytest.raises(ValueError, match=r"^proxy \(from HTTPS_PROXY\): SOCKS"):
-            Client("k", host="https://127.0.0.1:9")
+        """The machine's variable, unusable: one warning naming it, then a direct connection."""
+        monkeypatch.setenv(variable, value.format(n=next(UNIQUE)))
+        client = make_client(collector.url)
+        make_client(collector.url)  # the same variable again: no second warning
+        err = capsys.readouterr().err
+        assert client._pipeline.transport.route.proxy is None  # type: ignore[attr-defined]
+        assert err.count("segmentio_logging:") == 1, err
+        assert f"proxy (from {variable})" in err and why in err
+        assert f"{variable} is ignored, 127.0.0.1 is reached directly" in err
+        assert "s3cr" not in err and "et@" not in err
+        deliver_one(client)
+        assert "via" not in collector.requests[0].headers
+
+    def test_a_segment_handler_starts_under_a_socks_variable(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """dictConfig builds the handler although ALL_PROXY names a SOCKS proxy."""
+        monkeypatch.setenv("ALL_PROXY", f"socks5h://127.0.0.1:{next(UNIQUE)}")
+        logging.config.dictConfig(
+            {
+                "version": 1,
+                "handlers": {
+                    "segment": {
+                        "class": "segmentio_logging.SegmentHandler",
+                        "write_key": "k",
+                        "host": closed_url(),
+                        "send": False,
+                    }
+                },
+                "loggers": {"tests.socks": {"handlers": ["segment"]}},
+            }
+        )
+        handler = logging.getLogger("tests.socks").handlers[0]
+        logging.getLogger("tests.socks").removeHandler(handler)
+        handler.close()
+        assert "ALL_PROXY is ignored" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("value", ["socks5://127.0.0.1:1080", "garbage with spaces"])
+    @pytest.mark.parametrize("given", ["option", "SEGMENT_PROXY"])
+    def test_a_proxy_option_that_cannot_be_used_is_an_error(
+        self, monkeypatch: pytest.MonkeyPatch, value: str, given: str
+    ) -> None:
+        """proxy= and SEGMENT_PROXY are Segment's own settings: a ValueError naming them."""
+        options: Dict[str, Any] = {}
+        if given == "option":
+            options["proxy"] = value
+        else:
+            monkeypatch.setenv("SEGMENT_PROXY", value)
+        with pytest.raises(ValueError, match=r"^proxy\b.*(SOCKS|host name or IP)") as raised:
+            Client("k", host="https://127.0.0.1:9", **options)
+        assert (given == "SEGMENT_PROXY") == ("SEGMENT_PROXY" in str(raised.value))
 
 
 class TestProxyAuth:
@@ -519,6 +623,14 @@ class TestClearText:
         handler.close()
         assert len(caught) == 1
         assert host in str(caught[0].message)
+
+    def test_the_warning_class_is_public(self) -> None:
+        """ClearTextWarning comes from the package itself: filtering by it silences the warning."""
+        assert "ClearTextWarning" in segmentio_logging.__all__
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            warnings.filterwarnings("ignore", category=segmentio_logging.ClearTextWarning)
+            SegmentHandler("k", host="http://example.test").close()
 
     @pytest.mark.parametrize(
         "host",

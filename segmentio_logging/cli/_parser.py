@@ -72,7 +72,7 @@ def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="an HTTP proxy, http://host:port or http://user:password@host:port; HTTPS goes "
         "through it with CONNECT (default: $SEGMENT_PROXY, else $HTTPS_PROXY or $HTTP_PROXY "
-        "for the host's scheme, then $ALL_PROXY, unless $NO_PROXY names the host; "
+        "for the host's scheme, then $ALL_PROXY, unless $NO_PROXY names the host or its network; "
         "--proxy='': none); with a password, other users can see it in ps: prefer the variables",
     )
     network.add_argument(
