@@ -71,15 +71,25 @@ class Deadline:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._at = math.inf
+        self._also: List[Callable[[], None]] = []  # other waits that end at this deadline
 
     @property
     def at(self) -> float:
         return self._at
 
+    def also_wake(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` too when the deadline is brought forward (a backoff's waiters)."""
+        with self._cond:
+            if wake not in self._also:
+                self._also.append(wake)
+
     def set(self, at: float) -> None:
         with self._cond:
             self._at = min(self._at, at)
             self._cond.notify_all()
+            also = list(self._also)
+        for wake in also:
+            wake()
 
     def sleep_until(self, wake_at: float, limit: Callable[[], float]) -> bool:
         """Sleep until ``wake_at``; False as soon as ``wake_at`` falls past ``limit()``."""
@@ -264,7 +274,9 @@ class Transport:
         if not parts:
             return outcomes
         budget = math.inf if self.retry_budget is None else self.retry_budget
-        attempt = _Attempt(self, deadline or Deadline(), time.monotonic() + budget)
+        deadline = deadline or Deadline()
+        deadline.also_wake(self.backoff.poke)  # a sender waiting out an outage sees it move
+        attempt = _Attempt(self, deadline, time.monotonic() + budget)
         attempt.deliver_range(parts, 0, len(parts), outcomes)
         return outcomes
 

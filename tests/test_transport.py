@@ -32,6 +32,7 @@ from segmentio_logging._transport import (
 from segmentio_logging.testing import LocalCollector, Reply
 
 from .helpers import CREATED, closed_port
+from .hostile import wait_until
 
 MakeTransport = Callable[..., Transport]
 
@@ -501,15 +502,19 @@ class TestDeadline:
         """Bringing the deadline forward from another thread ends a long Retry-After wait."""
         collector.default = Reply.retry_after(30, 503)
         deadline = Deadline()
+        transport = make_transport(retry_budget=60)
 
         def shut_down() -> None:
-            if collector.wait_for_requests(1, timeout=5):
+            # Once the 503 was counted the sender waits out the pause (or is about to).
+            if collector.wait_for_requests(1, timeout=5) and wait_until(
+                lambda: transport.backoff.down, timeout=5
+            ):
                 deadline.set(time.monotonic())
 
         thread = threading.Thread(target=shut_down)
         thread.start()
         began = time.monotonic()
-        outcomes = make_transport(retry_budget=60).deliver(encoded(3), deadline)
+        outcomes = transport.deliver(encoded(3), deadline)
         elapsed = time.monotonic() - began
         thread.join(5)
         error = only_error(outcomes)
