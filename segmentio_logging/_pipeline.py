@@ -109,6 +109,7 @@ class Pipeline:
         # No thread can run (uWSGI without threads): callers deliver when a batch is due.
         self.deferred = False
         self._due = 0.0
+        self._paused = 0.0  # deferred: no request before this (the backoff's next probe)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -168,12 +169,25 @@ class Pipeline:
         return True
 
     def _put_deferred(self, item: Any) -> None:
-        """Queue ``item``; deliver on this thread when a batch is full or flush_interval passed."""
+        """Queue ``item``; send one request on this thread when a batch is full or
+        flush_interval passed, unless the receiver asked (or the backoff says) to wait.
+
+        One request per call at most, with a short timeout and no backoff sleep:
+        the thread that logs serves a request. What the receiver did not take stays
+        for a later call, and for the exit close.
+        """
         self._queue.append(item)
         now = time.monotonic()
-        if len(self._queue) >= self.batch_size or now >= self._due:
-            self._due = now + self.flush_interval
-            self._drain_here()
+        if now >= self._due or (len(self._queue) >= self.batch_size and now >= self._paused):
+            with marked_busy():
+                delay = self._sender.send_one_here()
+            now = time.monotonic()
+            if delay is not None:  # the receiver did not take it: not before the backoff says
+                self._due = self._paused = now + delay
+            elif self._sender.held:  # the rest of a batch split on 413 goes at the next call
+                self._due, self._paused = now, 0.0
+            else:  # the next batch when it is full, or at the interval
+                self._due, self._paused = now + self.flush_interval, 0.0
 
     def reject(self, item: Any, error: SegmentError, *, warn: bool = True) -> None:
         """Count and report an item refused before it was queued (too large, invalid).
@@ -345,7 +359,7 @@ class Pipeline:
                 remaining = limit - time.monotonic()
                 if remaining <= 0:
                     return False
-                inline_work = self.inline and bool(self._queue)
+                inline_work = self.inline and bool(self._queue or self._sender.held)
                 if not inline_work:
                     if self.worker_alive() or self.inline:
                         # Bounded: a worker that dies or a close is noticed without a notify.
@@ -359,6 +373,11 @@ class Pipeline:
                 self.start()
 
     def _drain_here(self) -> None:
+        """Deliver what is held and queued on this thread, with the transport's retries."""
+        held = self._sender.held
+        while held:
+            with marked_busy():
+                self._sender.send_held()
         while True:
             items = self.take()
             if not items:
@@ -419,7 +438,7 @@ class Pipeline:
             if thread.is_alive():
                 self._report_stuck()
                 return False
-        elif thread is None and self._queue:
+        elif thread is None and (self._queue or self._sender.held):
             self._drain_here()  # never started (or cannot start): deliver on this thread
         self._sweep_after_close()
         self.delivery.release()
@@ -430,6 +449,7 @@ class Pipeline:
                 ledger.failed == 0
                 and ledger.dropped_worker == 0
                 and not self._queue
+                and not self._sender.held
                 and self.delivery.holds_nothing()
             )
 
