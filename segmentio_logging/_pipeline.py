@@ -110,6 +110,9 @@ class Pipeline:
         self.deferred = False
         self._due = 0.0
         self._paused = 0.0  # deferred: no request before this (the backoff's next probe)
+        # Deferred: one thread at a time sends what is held (a log call that finds another
+        # sending does not wait); reentrant for a callback that closes the pipeline.
+        self._sending_here = threading.RLock()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -178,7 +181,11 @@ class Pipeline:
         """
         self._queue.append(item)
         now = time.monotonic()
-        if now >= self._due or (len(self._queue) >= self.batch_size and now >= self._paused):
+        if now < self._due and (len(self._queue) < self.batch_size or now < self._paused):
+            return
+        if not self._sending_here.acquire(blocking=False):
+            return  # another thread is sending: it sets the next due time
+        try:
             with marked_busy():
                 delay = self._sender.send_one_here()
             now = time.monotonic()
@@ -188,6 +195,8 @@ class Pipeline:
                 self._due, self._paused = now, 0.0
             else:  # the next batch when it is full, or at the interval
                 self._due, self._paused = now + self.flush_interval, 0.0
+        finally:
+            self._sending_here.release()
 
     def reject(self, item: Any, error: SegmentError, *, warn: bool = True) -> None:
         """Count and report an item refused before it was queued (too large, invalid).
@@ -375,9 +384,10 @@ class Pipeline:
     def _drain_here(self) -> None:
         """Deliver what is held and queued on this thread, with the transport's retries."""
         held = self._sender.held
-        while held:
-            with marked_busy():
-                self._sender.send_held()
+        with self._sending_here:
+            while held:
+                with marked_busy():
+                    self._sender.send_held()
         while True:
             items = self.take()
             if not items:

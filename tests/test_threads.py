@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
-from segmentio_logging import _report, _threads
+from segmentio_logging import _report, _senders, _threads
 from segmentio_logging.testing import LocalCollector, Reply
 
 
@@ -199,4 +199,39 @@ def test_without_threads_a_batch_too_large_is_sent_in_halves_from_later_calls(
     assert [len(request.messages) for request in collector.requests] == [4, 2, 2]
     assert [m["userId"] for m in collector.messages] == [f"u{n}" for n in range(4)]
     assert handler.stats()["delivered"] == 4
+    assert_all_accounted(handler)
+
+
+def test_without_threads_a_log_call_does_not_wait_for_another_threads_request(
+    no_threads: types.ModuleType,
+    make_handler: Any,
+    collector: LocalCollector,
+    logger: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While one thread's request is out, another thread's log calls neither wait for it
+    nor send its batch a second time."""
+    monkeypatch.setattr(_senders, "DEFERRED_TIMEOUT", 60.0)  # out until the test lets it go
+    collector.script(Reply(hang=True))
+    handler = make_handler(batch_size=5, flush_interval=30, timeout=60, shutdown_timeout=30)
+    logger.addHandler(handler)
+
+    def log(n: int) -> None:
+        logger.info("Song Played", extra={"user_id": f"u{n}"})
+
+    for n in range(4):
+        log(n)
+    sending = threading.Thread(target=log, args=(4,))
+    sending.start()
+    try:
+        assert collector.wait_for_requests(1)
+        for n in range(5, 10):  # a full batch again: due, but the other thread is sending
+            log(n)
+        assert sending.is_alive() and len(collector.requests) == 1
+    finally:
+        collector.release_hangs()
+        sending.join(30)
+    handler.close()
+    assert sorted(m["userId"] for m in collector.messages) == sorted(f"u{n}" for n in range(10))
+    assert len({m["messageId"] for m in collector.messages}) == 10
     assert_all_accounted(handler)
