@@ -108,11 +108,6 @@ class Pipeline:
         self.inline = self.sync_mode
         # No thread can run (uWSGI without threads): callers deliver when a batch is due.
         self.deferred = False
-        self._due = 0.0
-        self._paused = 0.0  # deferred: no request before this (the backoff's next probe)
-        # Deferred: one thread at a time sends what is held (a log call that finds another
-        # sending does not wait); reentrant for a callback that closes the pipeline.
-        self._sending_here = threading.RLock()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -172,31 +167,9 @@ class Pipeline:
         return True
 
     def _put_deferred(self, item: Any) -> None:
-        """Queue ``item``; send one request on this thread when a batch is full or
-        flush_interval passed, unless the receiver asked (or the backoff says) to wait.
-
-        One request per call at most, with a short timeout and no backoff sleep:
-        the thread that logs serves a request. What the receiver did not take stays
-        for a later call, and for the exit close.
-        """
+        """Queue ``item``; a batch that is due goes from this thread (see Sender.send_if_due)."""
         self._queue.append(item)
-        now = time.monotonic()
-        if now < self._due and (len(self._queue) < self.batch_size or now < self._paused):
-            return
-        if not self._sending_here.acquire(blocking=False):
-            return  # another thread is sending: it sets the next due time
-        try:
-            with marked_busy():
-                delay = self._sender.send_one_here()
-            now = time.monotonic()
-            if delay is not None:  # the receiver did not take it: not before the backoff says
-                self._due = self._paused = now + delay
-            elif self._sender.held:  # the rest of a batch split on 413 goes at the next call
-                self._due, self._paused = now, 0.0
-            else:  # the next batch when it is full, or at the interval
-                self._due, self._paused = now + self.flush_interval, 0.0
-        finally:
-            self._sending_here.release()
+        self._sender.send_if_due()
 
     def reject(self, item: Any, error: SegmentError, *, warn: bool = True) -> None:
         """Count and report an item refused before it was queued (too large, invalid).
@@ -222,7 +195,7 @@ class Pipeline:
                 return
             if not _threads.threads_run():
                 self.inline = self.deferred = True
-                self._due = time.monotonic() + self.flush_interval
+                self._sender.defer(self.flush_interval)
                 return
             thread = _threads.worker_thread(
                 self._run, "segmentio-logging-worker", made_with=self._wake
@@ -383,11 +356,7 @@ class Pipeline:
 
     def _drain_here(self) -> None:
         """Deliver what is held and queued on this thread, with the transport's retries."""
-        held = self._sender.held
-        with self._sending_here:
-            while held:
-                with marked_busy():
-                    self._sender.send_held()
+        self._sender.send_all_held()
         while True:
             items = self.take()
             if not items:

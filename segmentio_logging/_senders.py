@@ -8,7 +8,7 @@ requests are in flight at once, and order across concurrent batches is not
 kept (each message carries its timestamp).
 
 Where no thread can run (uWSGI without threads) the threads that log send instead,
-through :meth:`Sender.send_one_here`: one request per call, never a backoff sleep,
+through :meth:`Sender.send_if_due`: one request per call, never a backoff sleep,
 so that a receiver that is down or slow costs a log call one short request at most.
 """
 
@@ -104,7 +104,14 @@ class Sender:
         self._threads: List[_threads.WorkerThread] = []
         self._made_with = made_with  # the pipeline's wake-up Event: see _threads.worker_thread
         self.can_start = True  # False: the interpreter refuses new threads, the worker goes alone
-        self.held: Deque[Held] = deque()  # without threads: taken, not yet accepted, oldest first
+        # Without threads (see send_if_due): taken, not accepted yet, oldest first; when the
+        # next request is due; no request before the backoff's next probe; and one thread at
+        # a time sending (reentrant for a callback that closes the pipeline).
+        self.held: Deque[Held] = deque()
+        self._interval = 0.0
+        self._due = 0.0
+        self._paused = 0.0
+        self._sending_here = threading.RLock()
 
     # ------------------------------------------------------------------ extra senders
 
@@ -237,6 +244,44 @@ class Sender:
                 self.ledger.settle(delivered=end - start, retries=retries)
 
     # ------------------------------------------------------------------ without threads
+
+    def defer(self, flush_interval: float) -> None:
+        """No thread can run: the threads that log send, through :meth:`send_if_due`."""
+        self._interval = flush_interval
+        self._due = time.monotonic() + flush_interval
+
+    def send_if_due(self) -> None:
+        """Send one request from this thread when a batch is full or ``flush_interval``
+        passed, unless the receiver asked (or the backoff says) to wait.
+
+        One request per call at most, with a short timeout and no backoff sleep:
+        the thread that logs serves a request. What the receiver did not take stays
+        held for a later call, and for the exit close.
+        """
+        now = time.monotonic()
+        if now < self._due and (self._queued() < self._batch_size or now < self._paused):
+            return
+        if not self._sending_here.acquire(blocking=False):
+            return  # another thread is sending: it sets the next due time
+        try:
+            with marked_busy():
+                delay = self.send_one_here()
+            now = time.monotonic()
+            if delay is not None:  # the receiver did not take it: not before the backoff says
+                self._due = self._paused = now + delay
+            elif self.held:  # the rest of a batch split on 413 goes at the next call
+                self._due, self._paused = now, 0.0
+            else:  # the next batch when it is full, or at the interval
+                self._due, self._paused = now + self._interval, 0.0
+        finally:
+            self._sending_here.release()
+
+    def send_all_held(self) -> None:
+        """Deliver every held slice on this thread with the transport's retries (flush, the
+        exit close)."""
+        with self._sending_here, marked_busy():
+            while self.held:
+                self.send_held()
 
     def send_one_here(self) -> Optional[float]:
         """One request on the caller's thread, for the oldest held slice or the next batch.
