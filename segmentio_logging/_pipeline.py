@@ -108,7 +108,6 @@ class Pipeline:
         self.inline = self.sync_mode
         # No thread can run (uWSGI without threads): callers deliver when a batch is due.
         self.deferred = False
-        self._due = 0.0
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -168,12 +167,9 @@ class Pipeline:
         return True
 
     def _put_deferred(self, item: Any) -> None:
-        """Queue ``item``; deliver on this thread when a batch is full or flush_interval passed."""
+        """Queue ``item``; a batch that is due goes from this thread (see Sender.send_if_due)."""
         self._queue.append(item)
-        now = time.monotonic()
-        if len(self._queue) >= self.batch_size or now >= self._due:
-            self._due = now + self.flush_interval
-            self._drain_here()
+        self._sender.send_if_due()
 
     def reject(self, item: Any, error: SegmentError, *, warn: bool = True) -> None:
         """Count and report an item refused before it was queued (too large, invalid).
@@ -199,7 +195,7 @@ class Pipeline:
                 return
             if not _threads.threads_run():
                 self.inline = self.deferred = True
-                self._due = time.monotonic() + self.flush_interval
+                self._sender.defer(self.flush_interval)
                 return
             thread = _threads.worker_thread(
                 self._run, "segmentio-logging-worker", made_with=self._wake
@@ -345,7 +341,7 @@ class Pipeline:
                 remaining = limit - time.monotonic()
                 if remaining <= 0:
                     return False
-                inline_work = self.inline and bool(self._queue)
+                inline_work = self.inline and bool(self._queue or self._sender.held)
                 if not inline_work:
                     if self.worker_alive() or self.inline:
                         # Bounded: a worker that dies or a close is noticed without a notify.
@@ -359,6 +355,8 @@ class Pipeline:
                 self.start()
 
     def _drain_here(self) -> None:
+        """Deliver what is held and queued on this thread, with the transport's retries."""
+        self._sender.send_all_held()
         while True:
             items = self.take()
             if not items:
@@ -419,7 +417,7 @@ class Pipeline:
             if thread.is_alive():
                 self._report_stuck()
                 return False
-        elif thread is None and self._queue:
+        elif thread is None and (self._queue or self._sender.held):
             self._drain_here()  # never started (or cannot start): deliver on this thread
         self._sweep_after_close()
         self.delivery.release()
@@ -430,6 +428,7 @@ class Pipeline:
                 ledger.failed == 0
                 and ledger.dropped_worker == 0
                 and not self._queue
+                and not self._sender.held
                 and self.delivery.holds_nothing()
             )
 

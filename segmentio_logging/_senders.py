@@ -6,6 +6,10 @@ sender threads, up to ``max_in_flight - 1`` of them, each taking full batches
 off the queue until it is empty, then ending: up to ``max_in_flight``
 requests are in flight at once, and order across concurrent batches is not
 kept (each message carries its timestamp).
+
+Where no thread can run (uWSGI without threads) the threads that log send instead,
+through :meth:`Sender.send_if_due`: one request per call, never a backoff sleep,
+so that a receiver that is down or slow costs a log call one short request at most.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from . import _report, _threads
 from ._delivery import Batch
@@ -22,7 +27,46 @@ from ._json import error_text
 from ._lifecycle import leave_signals_to_other_threads, marked_busy
 from ._message import Encode
 from ._outcomes import Callbacks, Ledger, messages_of, transport_failure
-from ._transport import Deadline, Outcome, Transport, cut_by_bytes
+from ._timestamps import format_timestamp
+from ._transport import (
+    BACKOFF_BASE,
+    Deadline,
+    Outcome,
+    Response,
+    Transport,
+    batch_body,
+    cut_by_bytes,
+    is_retryable,
+    retry_after,
+)
+
+# Without threads a log call sends on the request's thread: it waits at most this long
+# for the receiver (or ``timeout``, when shorter) before the batch waits for a later call.
+DEFERRED_TIMEOUT = 2.0
+
+
+class Held:
+    """Part of a batch sent from the caller's thread that the receiver has not taken yet:
+    kept encoded (the same messages, ``messageId`` included, go again) with its attempts."""
+
+    __slots__ = ("attempts", "messages", "parts", "since")
+
+    def __init__(self, messages: List[Optional[Dict[str, Any]]], parts: List[bytes]) -> None:
+        self.messages = messages
+        self.parts = parts
+        self.attempts = 0
+        self.since = 0.0  # monotonic time of the first attempt: retry_budget counts from it
+
+    def __repr__(self) -> str:
+        return f"<Held {len(self.parts)} messages, {self.attempts} attempts>"
+
+    def halves(self) -> Tuple[Held, Held]:
+        middle = len(self.parts) // 2
+        first = Held(self.messages[:middle], self.parts[:middle])
+        second = Held(self.messages[middle:], self.parts[middle:])
+        for half in (first, second):
+            half.attempts, half.since = self.attempts, self.since
+        return first, second
 
 
 class Sender:
@@ -60,6 +104,14 @@ class Sender:
         self._threads: List[_threads.WorkerThread] = []
         self._made_with = made_with  # the pipeline's wake-up Event: see _threads.worker_thread
         self.can_start = True  # False: the interpreter refuses new threads, the worker goes alone
+        # Without threads (see send_if_due): taken, not accepted yet, oldest first; when the
+        # next request is due; no request before the backoff's next probe; and one thread at
+        # a time sending (reentrant for a callback that closes the pipeline).
+        self.held: Deque[Held] = deque()
+        self._interval = 0.0
+        self._due = 0.0
+        self._paused = 0.0
+        self._sending_here = threading.RLock()
 
     # ------------------------------------------------------------------ extra senders
 
@@ -173,8 +225,16 @@ class Sender:
             return [(0, len(parts), transport_failure(len(parts), exc))]
 
     def _send(self, messages: List[Optional[Dict[str, Any]]], parts: List[bytes]) -> None:
+        self._send_outcomes(messages, parts, self.deliver(parts))
+
+    def _send_outcomes(
+        self,
+        messages: List[Optional[Dict[str, Any]]],
+        parts: List[bytes],
+        outcomes: List[Outcome],
+    ) -> None:
         # Callbacks first, counts second: once flush() returns, the callbacks have run.
-        for start, end, outcome in self.deliver(parts):
+        for start, end, outcome in outcomes:
             retries = max(outcome.attempts - 1, 0)
             data = functools.partial(messages_of, messages[start:end], parts[start:end])
             self.callbacks.sent(data, outcome)
@@ -182,3 +242,125 @@ class Sender:
                 self.ledger.settle(failed=end - start, retries=retries)
             else:
                 self.ledger.settle(delivered=end - start, retries=retries)
+
+    # ------------------------------------------------------------------ without threads
+
+    def defer(self, flush_interval: float) -> None:
+        """No thread can run: the threads that log send, through :meth:`send_if_due`."""
+        self._interval = flush_interval
+        self._due = time.monotonic() + flush_interval
+
+    def send_if_due(self) -> None:
+        """Send one request from this thread when a batch is full or ``flush_interval``
+        passed, unless the receiver asked (or the backoff says) to wait.
+
+        One request per call at most, with a short timeout and no backoff sleep:
+        the thread that logs serves a request. What the receiver did not take stays
+        held for a later call, and for the exit close.
+        """
+        now = time.monotonic()
+        if now < self._due and (self._queued() < self._batch_size or now < self._paused):
+            return
+        if not self._sending_here.acquire(blocking=False):
+            return  # another thread is sending: it sets the next due time
+        try:
+            with marked_busy():
+                delay = self.send_one_here()
+            now = time.monotonic()
+            if delay is not None:  # the receiver did not take it: not before the backoff says
+                self._due = self._paused = now + delay
+            elif self.held:  # the rest of a batch split on 413 goes at the next call
+                self._due, self._paused = now, 0.0
+            else:  # the next batch when it is full, or at the interval
+                self._due, self._paused = now + self._interval, 0.0
+        finally:
+            self._sending_here.release()
+
+    def send_all_held(self) -> None:
+        """Deliver every held slice on this thread with the transport's retries (flush, the
+        exit close)."""
+        with self._sending_here, marked_busy():
+            while self.held:
+                self.send_held()
+
+    def send_one_here(self) -> Optional[float]:
+        """One request on the caller's thread, for the oldest held slice or the next batch.
+
+        Never sleeps out a backoff: a slice the receiver did not take (down, slow,
+        asking to wait) stays held for a later call. None when the request was answered
+        (or there was nothing to send); otherwise the seconds before the next one may go.
+        """
+        if not self.held and not self._hold(self._take()):
+            return None
+        held = self.held[0]
+        transport = self.transport
+        end = time.monotonic() + min(transport.timeout, DEFERRED_TIMEOUT)
+        epoch = transport.backoff.wait_turn(lambda: min(end, self.deadline.at))
+        if epoch is None:  # a probe of another thread is out: not this call's turn
+            return BACKOFF_BASE
+        if not held.attempts:
+            held.since = time.monotonic()
+        held.attempts += 1
+        body = batch_body(held.parts, transport.write_key, format_timestamp(time.time()))
+        try:
+            answer = transport._post_once(body, max(end - time.monotonic(), 0.001))
+        except Exception as exc:  # not a network failure: sending it again would not help
+            transport.backoff.release(epoch)
+            last = (None, f"{type(exc).__name__}: {exc}")
+            reason = "the request could not be made"
+            self._settle_held(transport._give_up(reason, len(held.parts), held.attempts, last))
+            return None
+        return self._answered_here(held, answer, epoch)
+
+    def send_held(self) -> None:
+        """Deliver the oldest held slice with the transport's retries (flush, exit close)."""
+        held = self.held.popleft()
+        if held.attempts:  # the requests made for it from the callers' threads
+            self.ledger.settle(retries=held.attempts)
+        self._send_outcomes(held.messages, held.parts, self.deliver(held.parts))
+
+    def _hold(self, items: List[Any]) -> bool:
+        """Encode taken ``items`` into held slices that each fit a request; False if none."""
+        if not items:
+            return False
+        batch = self.encode_all(items)
+        if batch.dropped or batch.filtered:
+            self.ledger.settle(dropped=batch.dropped, filtered=batch.filtered)
+        for start, end in cut_by_bytes(batch.parts, self.max_bytes):
+            self.held.append(Held(batch.messages[start:end], batch.parts[start:end]))
+        return bool(self.held)
+
+    def _answered_here(
+        self, held: Held, answer: Tuple[Optional[int], Dict[str, str], str], epoch: int
+    ) -> Optional[float]:
+        """Settle, split or keep the held slice after its request; as :meth:`send_one_here`."""
+        transport = self.transport
+        backoff = transport.backoff
+        status, headers, text = answer
+        if status is not None and (200 <= status < 300 or not is_retryable(status)):
+            backoff.answered(epoch)
+        if status is not None and 200 <= status < 300:
+            self._settle_held(Response(status, headers, text, held.attempts))
+            return None
+        if status == 413 and len(held.parts) > 1:
+            self.held.popleft()
+            self.held.extendleft(reversed(held.halves()))
+            return 0.0  # each half goes at the next call
+        reason = transport._no_retry_reason(status, held.attempts)
+        if reason is None:  # retryable, and max_retries not reached
+            asked = retry_after(headers, cap=backoff.max_retry_after)
+            delay = backoff.failed(epoch, BACKOFF_BASE, asked if status in (429, 503) else None)
+            budget = transport.retry_budget
+            if budget is None or time.monotonic() - held.since < budget:
+                return delay
+            reason = f"retry budget of {budget:g}s used up"
+        last = (status, text)
+        self._settle_held(
+            transport._give_up(reason or "rejected", len(held.parts), held.attempts, last)
+        )
+        return None
+
+    def _settle_held(self, outcome: Union[Response, DeliveryError]) -> None:
+        """The oldest held slice ended as ``outcome``: tell the callbacks, then the ledger."""
+        held = self.held.popleft()
+        self._send_outcomes(held.messages, held.parts, [(0, len(held.parts), outcome)])

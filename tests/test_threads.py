@@ -1,4 +1,5 @@
-"""_threads: whether threads run under uWSGI (its ``uwsgi`` module's options and version).
+"""_threads: whether threads run under uWSGI (its ``uwsgi`` module's options and version),
+and how a pipeline delivers where they do not (from the threads that log).
 
 The gevent side of the module runs in subprocesses: tests/test_gevent.py.
 """
@@ -8,11 +9,12 @@ from __future__ import annotations
 import sys
 import threading
 import types
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
-from segmentio_logging import _report, _threads
+from segmentio_logging import _report, _senders, _threads
+from segmentio_logging.testing import LocalCollector, Reply
 
 
 @pytest.fixture
@@ -82,3 +84,154 @@ def test_without_threads_a_handler_sends_full_batches_from_the_caller_and_the_re
     handler.close()
     assert [m["userId"] for m in collector.messages] == [f"u{n}" for n in range(7)]
     assert handler.stats()["delivered"] == 7
+
+
+@pytest.fixture
+def no_threads(uwsgi: types.ModuleType) -> types.ModuleType:
+    """A uWSGI before 2.0.27 started without --enable-threads."""
+    uwsgi.opt = {}  # type: ignore[attr-defined]
+    uwsgi.version_info = (2, 0, 26, 0, "")  # type: ignore[attr-defined]
+    return uwsgi
+
+
+def assert_all_accounted(handler: Any) -> None:
+    stats = handler.stats()
+    ended = ("delivered", "dropped", "skipped", "failed", "filtered", "pending")
+    assert sum(stats[name] for name in ended) == stats["enqueued"], stats
+
+
+def requests_per_call(
+    collector: LocalCollector, log: Callable[[int], None], numbers: range
+) -> List[int]:
+    """How many requests each log call made (they are made on the calling thread)."""
+    made = []
+    for i in numbers:
+        before = len(collector.requests)
+        log(i)
+        made.append(len(collector.requests) - before)
+    return made
+
+
+def test_without_threads_a_receiver_that_is_down_costs_a_log_call_one_request(
+    no_threads: types.ModuleType, make_handler: Any, collector: LocalCollector, logger: Any
+) -> None:
+    """A failed batch stays queued for a later call instead of being retried in the log
+    call; the backoff spaces the calls' attempts; the exit close delivers everything."""
+    collector.script(Reply(503), Reply(503), Reply(503))
+    handler = make_handler(batch_size=5, flush_interval=30, shutdown_timeout=30)
+    logger.addHandler(handler)
+
+    def log(n: int) -> None:
+        logger.info("Song Played", extra={"user_id": f"u{n}"})
+
+    made = requests_per_call(collector, log, range(5))
+    assert made == [0, 0, 0, 0, 1]  # the call that filled the batch: one request, a 503
+    assert handler.stats()["delivered"] == 0 and handler.stats()["pending"] == 5
+    made += requests_per_call(collector, log, range(5, 15))
+    assert max(made) == 1, made
+    assert handler.stats()["failed"] == 0
+    assert_all_accounted(handler)
+    handler.close()
+    assert sorted(m["userId"] for m in collector.messages) == sorted(f"u{n}" for n in range(15))
+    ids = [m["messageId"] for m in collector.messages]
+    assert len(set(ids)) == len(ids) == handler.stats()["delivered"] == 15
+    assert_all_accounted(handler)
+
+
+def test_without_threads_a_hanging_receiver_costs_a_log_call_one_request(
+    no_threads: types.ModuleType, make_handler: Any, collector: LocalCollector, logger: Any
+) -> None:
+    """A request the receiver does not answer ends at the timeout and is not tried again
+    in that call; the same messages go at close."""
+    collector.script(Reply(hang=True), Reply(hang=True))
+    handler = make_handler(batch_size=5, flush_interval=30, timeout=1, shutdown_timeout=30)
+    logger.addHandler(handler)
+    for n in range(5):
+        logger.info("Song Played", extra={"user_id": f"u{n}"})
+    assert len(collector.requests) == 1
+    assert handler.stats()["pending"] == 5
+    collector.release_hangs()
+    handler.close()
+    sent = [request.messages for request in collector.requests]
+    assert [m["userId"] for m in collector.messages] == [f"u{n}" for n in range(5)]
+    assert [m["messageId"] for m in sent[-1]] == [m["messageId"] for m in sent[0]]
+    assert_all_accounted(handler)
+
+
+@pytest.mark.parametrize(
+    ("reply", "options"),
+    [(Reply(400), {}), (Reply(503), {"max_retries": 0}), (Reply(503), {"retry_budget": 0})],
+)
+def test_without_threads_a_refused_or_given_up_batch_fails_in_the_call(
+    no_threads: types.ModuleType,
+    make_handler: Any,
+    collector: LocalCollector,
+    logger: Any,
+    reply: Reply,
+    options: Dict[str, Any],
+) -> None:
+    """A refusal, or max_retries / retry_budget used up, fails the batch (reported)."""
+    failures: List[Any] = []
+    collector.script(reply)
+    handler = make_handler(
+        batch_size=5, flush_interval=30, on_failure=lambda m, e: failures.append(e), **options
+    )
+    logger.addHandler(handler)
+    for n in range(5):
+        logger.info("Song Played", extra={"user_id": f"u{n}"})
+    assert handler.stats()["failed"] == 5
+    assert [(e.count, e.status) for e in failures] == [(5, reply.status)]
+    assert_all_accounted(handler)
+
+
+def test_without_threads_a_batch_too_large_is_sent_in_halves_from_later_calls(
+    no_threads: types.ModuleType, make_handler: Any, collector: LocalCollector, logger: Any
+) -> None:
+    """A 413 splits the held batch; each half goes from the next call, none is lost."""
+    collector.script(Reply(413))
+    handler = make_handler(batch_size=4, flush_interval=30)
+    logger.addHandler(handler)
+
+    def log(n: int) -> None:
+        logger.info("Song Played", extra={"user_id": f"u{n}"})
+
+    assert requests_per_call(collector, log, range(6)) == [0, 0, 0, 1, 1, 1]
+    assert [len(request.messages) for request in collector.requests] == [4, 2, 2]
+    assert [m["userId"] for m in collector.messages] == [f"u{n}" for n in range(4)]
+    assert handler.stats()["delivered"] == 4
+    assert_all_accounted(handler)
+
+
+def test_without_threads_a_log_call_does_not_wait_for_another_threads_request(
+    no_threads: types.ModuleType,
+    make_handler: Any,
+    collector: LocalCollector,
+    logger: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While one thread's request is out, another thread's log calls neither wait for it
+    nor send its batch a second time."""
+    monkeypatch.setattr(_senders, "DEFERRED_TIMEOUT", 60.0)  # out until the test lets it go
+    collector.script(Reply(hang=True))
+    handler = make_handler(batch_size=5, flush_interval=30, timeout=60, shutdown_timeout=30)
+    logger.addHandler(handler)
+
+    def log(n: int) -> None:
+        logger.info("Song Played", extra={"user_id": f"u{n}"})
+
+    for n in range(4):
+        log(n)
+    sending = threading.Thread(target=log, args=(4,))
+    sending.start()
+    try:
+        assert collector.wait_for_requests(1)
+        for n in range(5, 10):  # a full batch again: due, but the other thread is sending
+            log(n)
+        assert sending.is_alive() and len(collector.requests) == 1
+    finally:
+        collector.release_hangs()
+        sending.join(30)
+    handler.close()
+    assert sorted(m["userId"] for m in collector.messages) == sorted(f"u{n}" for n in range(10))
+    assert len({m["messageId"] for m in collector.messages}) == 10
+    assert_all_accounted(handler)

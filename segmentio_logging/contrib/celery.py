@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from celery import signals  # type: ignore[import-untyped]
 
 from .. import _lifecycle, _report
-from .._context import BINDABLE, bind, bound_identity, unbind
+from .._context import bind, bound_identity, unbind
 from .._handler import SegmentHandler
 from .._json import error_text, to_json_safe
 
@@ -110,18 +110,52 @@ def _put_identity(headers: Optional[Any] = None, **_: Any) -> None:
 
 
 def _bind_identity(task: Any = None, **_: Any) -> None:
-    """Worker side, before the task: bind what its sender had bound."""
+    """Worker side, before the task: bind what its sender had bound (its valid fields)."""
     request = getattr(task, "request", None)
     sent = getattr(request, HEADER, None)
-    if not isinstance(sent, Mapping):
+    if sent is None:
         return  # sent without an identity, or run eagerly in the sender's own context
-    values = {key: sent[key] for key in BINDABLE if sent.get(key) is not None}
+    values, ignored = _valid_fields(sent)
+    if ignored:  # a header from another producer: the task runs with what is valid in it
+        _report.warn("celery-header", f"task identity header: ignored {', '.join(ignored)}")
+    if not values:
+        return
     try:
         token = bind(**values)
-    except (TypeError, ValueError) as exc:  # a header from elsewhere: the task runs anyway
+    except (TypeError, ValueError) as exc:  # pragma: no cover - the fields were checked above
         _report.warn("celery-header", f"task identity header ignored: {error_text(exc)}")
         return
     setattr(request, _TOKEN, token)
+
+
+# What each field of the header may hold; a field that holds anything else is left out.
+_ID_FIELDS = ("user_id", "anonymous_id")
+_OBJECT_FIELDS = ("context", "integrations")
+
+
+def _valid_fields(sent: Any) -> Tuple[Dict[str, Any], List[str]]:
+    """The fields of header ``sent`` that can be bound, and a description of those ignored.
+
+    Ids are strings or integers (not booleans), ``context`` and ``integrations``
+    objects; fields the header does not know are left out silently (a newer sender).
+    """
+    if not isinstance(sent, Mapping):
+        return {}, [f"the whole header (a {type(sent).__name__}, not an object)"]
+    values: Dict[str, Any] = {}
+    ignored: List[str] = []
+    for key in (*_ID_FIELDS, *_OBJECT_FIELDS):
+        value = sent.get(key)
+        if value is None:
+            continue
+        if key in _ID_FIELDS:
+            valid = isinstance(value, (str, int)) and not isinstance(value, bool)
+        else:
+            valid = isinstance(value, Mapping)
+        if valid:
+            values[key] = value
+        else:
+            ignored.append(f"{key} (a {type(value).__name__})")
+    return values, ignored
 
 
 def _unbind_identity(task: Any = None, **_: Any) -> None:

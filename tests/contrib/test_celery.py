@@ -222,16 +222,8 @@ def test_setup_twice_connects_each_signal_once() -> None:
         assert connected.count(receiver) == 1, signal_
 
 
-@pytest.mark.parametrize(
-    "sent",
-    [
-        {"user_id": "u1", "context": "not a dict"},
-        {"anonymous_id": "a1", "integrations": ["not", "a", "dict"]},
-        "not a mapping",
-    ],
-)
-def test_a_bad_identity_header_binds_nothing_and_the_task_runs(sent: Any) -> None:
-    """A header that is not an identity is ignored, without an error in the task."""
+def task_with_header(sent: Any) -> Any:
+    """A task as task_prerun and task_postrun see it, its request carrying ``sent``."""
     from celery.app.task import Context
 
     from segmentio_logging.contrib import celery as contrib
@@ -239,9 +231,86 @@ def test_a_bad_identity_header_binds_nothing_and_the_task_runs(sent: Any) -> Non
     class Task:
         request = Context({contrib.HEADER: sent})
 
-    contrib._bind_identity(task=Task())
+    return Task()
+
+
+@pytest.mark.parametrize(
+    ("sent", "bound", "ignored"),
+    [
+        ({"user_id": "u1", "context": ["x"]}, {"user_id": "u1"}, "context (a list)"),
+        ({"user_id": {"id": 1}, "anonymous_id": "a1"}, {"anonymous_id": "a1"}, "user_id (a dict)"),
+        ({"user_id": ["u"], "anonymous_id": 7}, {"anonymous_id": 7}, "user_id (a list)"),
+        (
+            {"user_id": True, "anonymous_id": "a1", "integrations": {"All": False}},
+            {"anonymous_id": "a1", "integrations": {"All": False}},
+            "user_id (a bool)",
+        ),
+        (
+            {"anonymous_id": 1.5, "user_id": 42, "integrations": ["not", "a", "dict"]},
+            {"user_id": 42},
+            "anonymous_id (a float), integrations (a list)",
+        ),
+        ({"user_id": "u1", "context": "not a dict"}, {"user_id": "u1"}, "context (a str)"),
+        ("not a mapping", {}, "the whole header (a str, not an object)"),
+    ],
+)
+def test_a_bad_field_of_the_identity_header_is_left_out_and_the_rest_bound(
+    sent: Any,
+    bound: Dict[str, Any],
+    ignored: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each field of a header from elsewhere is checked alone: the valid ones are bound
+    while the task runs, the others named in one warning, and the task runs."""
+    from segmentio_logging import _report
+    from segmentio_logging.contrib import celery as contrib
+
+    monkeypatch.setattr(_report, "_last", {})  # no rate limit left by another test
+    task = task_with_header(sent)
+    contrib._bind_identity(task=task)
+    try:
+        assert dict(segmentio_logging.current_identity()) == bound
+    finally:
+        contrib._unbind_identity(task=task)
     assert segmentio_logging.current_identity() == {}
-    contrib._unbind_identity(task=Task())
+    err = capsys.readouterr().err
+    assert err.count("task identity header: ignored") == 1
+    assert f"ignored {ignored}\n" in err
+
+
+def test_a_valid_header_is_bound_without_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    """Ids given as strings or integers and object fields bind as they are, silently."""
+    from segmentio_logging.contrib import celery as contrib
+
+    sent = {"user_id": 42, "anonymous_id": "a1", "context": {"ip": "10.0.0.1"}, "later": 1}
+    task = task_with_header(sent)
+    contrib._bind_identity(task=task)
+    assert dict(segmentio_logging.current_identity()) == {
+        "user_id": 42,
+        "anonymous_id": "a1",
+        "context": {"ip": "10.0.0.1"},
+    }
+    contrib._unbind_identity(task=task)
+    assert "task identity header" not in capsys.readouterr().err
+
+
+def test_a_task_whose_header_has_a_bad_user_id_still_sends_its_events(
+    make_handler: Any, collector: LocalCollector, logger: Any
+) -> None:
+    """The events of such a task go with the header's valid anonymous_id, none dropped."""
+    from segmentio_logging.contrib import celery as contrib
+
+    handler = make_handler()
+    logger.addHandler(handler)
+    task = task_with_header({"user_id": {"id": 1}, "anonymous_id": "a1"})
+    contrib._bind_identity(task=task)
+    logger.info("Task Ran")
+    contrib._unbind_identity(task=task)
+    assert handler.flush(10)
+    assert [(m.get("userId"), m["anonymousId"]) for m in collector.messages] == [(None, "a1")]
+    stats = handler.stats()
+    assert (stats["delivered"], stats["dropped"]) == (1, 0)
 
 
 def test_the_dictconfig_recipe_keeps_celery_records_out(collector: LocalCollector) -> None:
