@@ -19,6 +19,7 @@ Two environments change what ``threading.Thread`` means:
 from __future__ import annotations
 
 import importlib
+import socket
 import sys
 import threading
 from typing import Any, Callable, Optional, Protocol
@@ -65,6 +66,25 @@ def _import_what_gevent_imports_late() -> None:
         pass
 
 
+# How long the first event waits, at most, for a native worker thread to be ready.
+READY_TIMEOUT = 5.0
+
+
+def _start_gevents_resolver_here() -> None:
+    """Resolve one address on this native thread now, while threads may start.
+
+    Under gevent, ``getaddrinfo`` on this thread runs on its hub's thread pool,
+    whose worker thread starts on first use. When a batch's first request comes
+    at interpreter exit, Python 3.12 refuses to start it ("can't create new
+    thread at interpreter shutdown") and the batch fails. Started here, the
+    pool's thread is there for that request.
+    """
+    try:
+        socket.getaddrinfo("127.0.0.1", None)
+    except Exception:  # pragma: no cover - nothing to prepare, or nothing that helps
+        pass
+
+
 class NativeThread:
     """A daemon operating-system thread, started with the ``_thread`` gevent replaced.
 
@@ -85,17 +105,28 @@ class NativeThread:
         return f"<{type(self).__name__} {self.name} {state}>"
 
     def start(self) -> None:
-        """Start ``target`` on a new operating-system thread (RuntimeError at shutdown)."""
+        """Start ``target`` on a new operating-system thread (RuntimeError at shutdown).
+
+        Returns once the thread runs and has its resolver, as ``Thread.start``
+        returns once its thread runs (see :func:`_start_gevents_resolver_here`).
+        """
         _import_what_gevent_imports_late()
+        ready = _gevent_original("_thread", "allocate_lock")()
+        ready.acquire()
         self._running.acquire()
         try:
-            self._start_new_thread(self._run, ())
+            self._start_new_thread(self._run, (ready,))
         except BaseException:
             self._running.release()
             raise RuntimeError("cannot start a thread") from None
         self._started = True
+        ready.acquire(True, READY_TIMEOUT)
 
-    def _run(self) -> None:
+    def _run(self, ready: Any) -> None:
+        try:
+            _start_gevents_resolver_here()
+        finally:
+            ready.release()
         try:
             self._target()
         finally:
