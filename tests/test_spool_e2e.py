@@ -497,8 +497,14 @@ class TestHotPath:
         self, make_handler: MakeHandler, attach: Any, spool_dir: Path
     ) -> None:
         """Logging leaves the spool untouched; only the worker thread appends, later."""
+        # The receiver down: what the worker appends stays on disk to be counted (a
+        # receiver that is up may already have taken it from the spool's sender).
         handler = make_handler(
-            spool_path=str(spool_dir), flush_interval=30, batch_size=2_500, max_retries=0
+            host=closed_url(),
+            spool_path=str(spool_dir),
+            flush_interval=30,
+            batch_size=2_500,
+            max_retries=0,
         )
         assert persist(handler)  # the worker has opened its file
         pipeline = handler._pipeline
