@@ -210,7 +210,18 @@ class TestLongOutage:
         """A process that exits during an outage leaves its events on disk, not failed."""
         collector.default = Reply(status=503)
         started = time.monotonic()
-        first, err = finish(child(spool_dir, collector.url, count=40, tag="o", mode="exit"))
+        # No retry limit (the default): the failing batch stays on disk, never given up.
+        first, err = finish(
+            child(
+                spool_dir,
+                collector.url,
+                count=40,
+                tag="o",
+                mode="exit",
+                max_retries=None,
+                retry_budget=None,
+            )
+        )
         assert time.monotonic() - started < 15  # exit is bounded by shutdown_timeout
         assert first["stats"]["enqueued"] == 40
         assert "40 events left in the spool" in err
