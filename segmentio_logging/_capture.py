@@ -15,9 +15,17 @@ from typing import Any, Callable, Dict, Final, Literal, Optional, Tuple, Union
 from . import _json  # read as _json.PLAIN_JSON at each call: tests and benchmarks switch it off
 from ._errors import InvalidMessage, SegmentError
 from ._json import MAX_DEPTH, PLAIN_OPTIONS, error_text, plain_json, safe_str
+from ._lifecycle import marked_busy
 from ._message import build_message, checked_size, dict_field, plain_track, plain_track_json
 from ._message import encode as encode_message
-from ._segment import MAX_MESSAGE_BYTES, RESERVED_FIELDS, SESSION_ID, STANDARD_RECORD_ATTRS
+from ._segment import (
+    IDENTITY_ATTR,
+    MAX_MESSAGE_BYTES,
+    RECORD_ATTR_COUNT,
+    RESERVED_FIELDS,
+    SESSION_ID,
+    STANDARD_RECORD_ATTRS,
+)
 from ._snapshot import MUTABLE_FIELDS, SCALARS, copy_tree, snapshot, snapshot_value
 
 __all__ = [
@@ -112,11 +120,15 @@ def _copied(value: Any) -> Any:
 
 
 def _formatted(record: logging.LogRecord) -> str:
-    """The record's message with its arguments; its bare ``msg`` when formatting fails."""
-    try:
-        return record.getMessage()
-    except Exception:
-        return safe_str(record.msg)
+    """The record's message with its arguments; its bare ``msg`` when formatting fails.
+
+    The thread is marked busy meanwhile: formatting runs the arguments' ``__str__``, and
+    what they log must not come back to the handler."""
+    with marked_busy():
+        try:
+            return record.getMessage()
+        except Exception:
+            return safe_str(record.msg)
 
 
 class RecordMapper:
@@ -137,6 +149,7 @@ class RecordMapper:
         "_event_attr",
         "_general_attrs",
         "_mutable_attrs",
+        "_not_track",
         "_properties_attr",
         "_reserved_attrs",
         "_session_attr",
@@ -166,6 +179,11 @@ class RecordMapper:
             if key not in ("user_id", "anonymous_id", "event", "properties")
         )
         self._reserved_attrs = frozenset(names.values()) | {SESSION_ID}
+        # Any of these takes a record off capture()'s first path, to the one that reads them.
+        not_track = {*self._general_attrs, IDENTITY_ATTR}
+        if self._session_attr is not None:
+            not_track.add(self._session_attr)
+        self._not_track = frozenset(not_track)
         self._capture_extra = capture_extra
         clash = sorted(self._reserved_attrs & STANDARD_RECORD_ATTRS)
         if clash:
@@ -184,12 +202,48 @@ class RecordMapper:
         An id of ``None`` or ``""`` counts as none: such a record is skipped, not an error.
         ``bound`` is the identity bound to the caller's context (``user_id``,
         ``anonymous_id``, ``context``, ``integrations``): it fills what the record
-        does not say itself.
+        does not say itself. Without it, what ``BoundIdentityFilter`` copied onto the
+        record does.
         """
         attrs = record.__dict__
         uid = attrs.get(self._uid)
         aid = attrs.get(self._aid)
-        # Inline tests of "no id" (None or ""): this runs on the caller's thread.
+        if bound is None and not self._capture_extra:
+            event = attrs.get(self._event_attr)
+            properties = attrs.get(self._properties_attr)
+            # The common case: nothing bound, and none of the attributes that make a record
+            # more than a plain track (a session id or a copied identity among them). Told
+            # first by counting: LogRecord's own attributes, plus the fields read here that
+            # are set, leave room for no other; else by looking for each of those names.
+            if (
+                len(attrs)
+                == RECORD_ATTR_COUNT
+                + (uid is not None)
+                + (aid is not None)
+                + (event is not None)
+                + (properties is not None)
+            ) or self._not_track.isdisjoint(attrs):
+                # Inline tests of "no id" (None or ""): this runs on the caller's thread.
+                if (uid is None or uid == "") and (aid is None or aid == ""):
+                    return None
+                track = self._capture_track(record, uid, aid, event, properties)
+                if track is not None:
+                    return track
+                return self._capture_general(record, attrs, uid, aid, None)
+        return self._capture_with_bound(record, attrs, uid, aid, bound)
+
+    def _capture_with_bound(
+        self,
+        record: logging.LogRecord,
+        attrs: Dict[str, Any],
+        uid: Any,
+        aid: Any,
+        bound: Optional[Mapping[str, Any]],
+    ) -> Optional[GeneralCapture]:
+        """:meth:`capture` of any other record: the bound identity (or the one
+        ``BoundIdentityFilter`` copied) and a session id fill the ids it lacks."""
+        if bound is None:
+            bound = attrs.get(IDENTITY_ATTR)
         if (aid is None or aid == "") and self._session_attr is not None:
             aid = attrs.get(self._session_attr)
         if bound:
@@ -199,10 +253,6 @@ class RecordMapper:
                 aid = bound.get("anonymous_id")
         if (uid is None or uid == "") and (aid is None or aid == ""):
             return None
-        if bound is None and not self._capture_extra:
-            track = self._capture_track(record, attrs, uid, aid)
-            if track is not None:
-                return track
         return self._capture_general(record, attrs, uid, aid, bound)
 
     def _capture_general(
@@ -265,16 +315,13 @@ class RecordMapper:
         return kept
 
     def _capture_track(
-        self, record: logging.LogRecord, attrs: Dict[str, Any], uid: Any, aid: Any
+        self, record: logging.LogRecord, uid: Any, aid: Any, event: Any, properties: Any
     ) -> Optional[TrackCapture]:
         """The capture of a plain track record (string ids and event, a dict of properties
         or none, no other reserved field), else ``None``. Snapshots the properties as JSON
         when they hold only JSON's own types: one call, and nothing the collector scans."""
         if (uid is not None and type(uid) is not str) or (aid is not None and type(aid) is not str):
             return None
-        if not attrs.keys().isdisjoint(self._general_attrs):
-            return None
-        event = attrs.get(self._event_attr)
         kind: TrackKind = TRACK_NAMED_BY_EVENT
         if event is None:
             kind = TRACK_NAMED_BY_TEXT
@@ -283,7 +330,6 @@ class RecordMapper:
                 event = _formatted(record)
         if type(event) is not str or not event:
             return None
-        properties = attrs.get(self._properties_attr)
         kept: Union[str, Dict[str, Any], None] = None
         if type(properties) is dict:
             kept = _kept_track_properties(properties)
@@ -331,7 +377,7 @@ class RecordMapper:
             message = _plain_track_of(item)
             return message if message is not None else self.build_captured(_describe_track(item))
         _, fields, uid, aid, copies, text, extra, bound, created = item  # the GENERAL_* layout
-        if bound is None and extra is None and fields.keys().isdisjoint(self._general_attrs):
+        if bound is None and extra is None and self._general_attrs.isdisjoint(fields):
             # A plain track (the common case): built without the general path's dict.
             event = fields.get(self._event_attr)
             if event is None:

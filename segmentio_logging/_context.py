@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import Any, Dict, Iterator, Mapping, MutableMapping, Optional, Tuple
 
+from ._segment import IDENTITY_ATTR
 from ._snapshot import snapshot
 
 BINDABLE = ("user_id", "anonymous_id", "context", "integrations")
@@ -25,9 +26,6 @@ _identity: ContextVar[Optional[Mapping[str, Any]]] = ContextVar(
 
 
 bound_identity = _identity.get  # for the handler: ``None`` when nothing is bound
-
-# The record attribute BoundIdentityFilter sets: the identity where the record was made.
-IDENTITY_ATTR = "_segment_identity"
 
 
 class BoundIdentityFilter(logging.Filter):
@@ -41,8 +39,8 @@ class BoundIdentityFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         identity = _identity.get()
-        # A copy, read here: a lazily found user id is looked up on this thread.
-        setattr(record, IDENTITY_ATTR, dict(identity) if identity else None)
+        if identity:  # a copy, read here: a lazily found user id is looked up on this thread
+            setattr(record, IDENTITY_ATTR, dict(identity))
         return True
 
 

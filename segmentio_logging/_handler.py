@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from ._assemble import make_pipeline
 from ._capture import RecordMapper
-from ._context import IDENTITY_ATTR, bound_identity
+from ._context import bound_identity
 from ._errors import InvalidMessage
 from ._json import safe_str
 from ._lifecycle import before_close_all, busy_threads, marked_busy, on_fork_in_child
@@ -62,6 +62,9 @@ class SegmentHandler(logging.Handler):
         super().__init__(level)
         self.options = resolved
         self._pipeline = pipeline
+        # Bound once: emit runs on the caller's thread.
+        self._capture = mapper.capture
+        self._put = pipeline.put
         self._count_lock = threading.Lock()
         self._skipped = 0
         self._ignored = 0
@@ -123,19 +126,12 @@ class SegmentHandler(logging.Handler):
             if own or (own is None and _learn_own(record.name)):
                 self._count_ignored()
                 return
-            identity = bound_identity()
-            if identity is None:  # behind a queue: what BoundIdentityFilter copied, if any
-                identity = record.__dict__.get(IDENTITY_ATTR)
-            if record.args or type(record.msg) is not str:
-                with marked_busy():  # formatting runs the arguments' __str__
-                    captured = self._mapper.capture(record, identity)
-            else:
-                captured = self._mapper.capture(record, identity)
+            captured = self._capture(record, bound_identity())
             if captured is None:
                 with self._count_lock:
                     self._skipped += 1
             else:
-                self._pipeline.put(captured)
+                self._put(captured)
         except Exception as exc:
             self._reject(record, exc, "could not read the record")
 

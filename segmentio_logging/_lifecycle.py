@@ -144,6 +144,20 @@ _child_resets: List[Callable[[], None]] = []
 _reset_for_pid = os.getpid()
 
 
+def forks_may_skip_hooks() -> bool:
+    """Whether this process may be forked without Python's fork hooks running.
+
+    A program that embeds the interpreter may fork from C: uWSGI does, and runs the
+    hooks only with ``py-call-uwsgi-fork-hooks``. A Python executable forks through
+    ``os.fork`` (multiprocessing and every server written in Python do), which runs
+    them, so a pipeline need not compare pids on every call.
+    """
+    if "uwsgi" in sys.modules:
+        return True
+    name = os.path.basename(sys.executable or "").lower()
+    return "python" not in name and "pypy" not in name
+
+
 def on_fork_in_child(reset: Callable[[], None]) -> None:
     """Run ``reset`` in a forked child: from the fork hook, or from the first call
     that sees a new pid when a server forked without running the hooks."""

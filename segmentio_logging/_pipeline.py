@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -35,6 +36,7 @@ from ._transport import Deadline, Outcome, Transport
 
 _getpid = os.getpid
 _serials = itertools.count(1)
+_PAST_ANY_LENGTH = sys.maxsize
 
 
 def already_encoded(item: Any) -> Encoded:
@@ -79,18 +81,22 @@ class Pipeline:
         # Keys the rate-limited warnings; an id() can be reused by the next pipeline.
         self.serial = next(_serials)
         self.callbacks = Callbacks(self.serial, describe, on_success, on_failure)
-        self.closed = False
+        self._closed = False
         self._fresh_state()
         self.delivery.attach(self)  # may start the worker
         _lifecycle.register(self, handle_sigterm=handle_sigterm)
 
     def _fresh_state(self) -> None:
         self._pid = os.getpid()
+        # Forks that run no Python fork hook (uWSGI's, from C) are seen only by comparing
+        # pids, a system call: only then does every put make it (see _put_rarely).
+        self._pid_watched = _lifecycle.forks_may_skip_hooks()
         self._queue: Deque[Any] = deque()
         self.ledger = Ledger()
         self._wake = threading.Event()
-        # Whether a caller already woke the worker for a full batch: one plain read per put.
-        self._woken = False
+        # The queue length at which a put starts the worker (none yet: at once) or wakes
+        # it for a full batch; past every length once woken, until the worker wakes.
+        self._wake_at = -1
         self.deadline = Deadline()
         self._sender = Sender(
             transport=self.transport,
@@ -105,9 +111,45 @@ class Pipeline:
             made_with=self._wake,
         )
         self._thread: Optional[_threads.WorkerThread] = None
-        self.inline = self.sync_mode
+        self._inline = self.sync_mode
         # No thread can run (uWSGI without threads): callers deliver when a batch is due.
-        self.deferred = False
+        self._deferred = False
+        self._set_room()
+
+    # Whether the pipeline is closed, delivers on the caller's thread (sync_mode, or no
+    # thread can start), or does so only when a batch is due. Each sets put()'s gate.
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self._closed = value
+        self._set_room()
+
+    @property
+    def inline(self) -> bool:
+        return self._inline
+
+    @inline.setter
+    def inline(self, value: bool) -> None:
+        self._inline = value
+        self._set_room()
+
+    @property
+    def deferred(self) -> bool:
+        return self._deferred
+
+    @deferred.setter
+    def deferred(self, value: bool) -> None:
+        self._deferred = value
+        self._set_room()
+
+    def _set_room(self) -> None:
+        """put()'s gate: the queue length below which an item is just appended. Closed,
+        inline, deferred or watching the pid, every put takes the rare path."""
+        rare = self._closed or self._inline or self._deferred or self._pid_watched
+        self._room = 0 if rare else self.max_queue_size
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -120,24 +162,47 @@ class Pipeline:
 
     def put(self, item: Any) -> bool:
         """Queue one item without blocking; False when it was dropped (full or closed)."""
-        if self._pid != _getpid():
-            self.check_fork()
         queue = self._queue
         size = len(queue)
-        if self.closed or self.inline or size >= self.max_queue_size:
+        if size >= self._room:
             return self._put_rarely(item, size)
+        # From here on as _queue_item, inline: this is the caller's thread.
+        if size >= self._wake_at:
+            return self._put_and_wake(item)
         queue.append(item)
+        if self._closed:  # closed while we appended: settle it here
+            self._sweep_after_close()
+        return True
+
+    def _queue_item(self, item: Any, size: int) -> bool:
+        """Queue ``item`` past put()'s gate, starting or waking the worker when due."""
+        if size >= self._wake_at:
+            return self._put_and_wake(item)
+        self._queue.append(item)
+        if self._closed:
+            self._sweep_after_close()
+        return True
+
+    def _put_and_wake(self, item: Any) -> bool:
+        """Queue ``item``, then start the worker (none yet) or wake it for a full batch."""
+        if self._pid != _getpid():  # a fork no hook saw (outside uWSGI), noticed here
+            self.check_fork()
+            return self.put(item)
+        self._queue.append(item)
         if self._thread is None:
             self.start()
-        elif size + 1 >= self.batch_size and not self._woken:
-            self._woken = True
+        else:
+            self._wake_at = _PAST_ANY_LENGTH
             self._wake.set()
-        if self.closed:  # closed while we appended: settle it here
+        if self._closed:
             self._sweep_after_close()
         return True
 
     def _put_rarely(self, item: Any, size: int) -> bool:
-        """The rare cases of :meth:`put`: closed, full, or delivering inline."""
+        """The rare cases of :meth:`put`: a new pid, closed, full, or delivering inline."""
+        if self._pid != _getpid():
+            self.check_fork()
+            return self.put(item)  # the fresh state's gate decides
         ledger = self.ledger
         if self.closed:
             with ledger.lock:
@@ -161,6 +226,8 @@ class Pipeline:
         if self.deferred:
             self._put_deferred(item)
             return True
+        if not self.inline:  # only the pid was to be checked
+            return self._queue_item(item, size)
         with ledger.lock:
             ledger.taken += 1
         self._process_here([item])
@@ -203,6 +270,7 @@ class Pipeline:
             try:
                 thread.start()
                 self._thread = thread
+                self._wake_at = self.batch_size - 1
                 return
             except RuntimeError:
                 # Interpreter shutdown: no new threads. Deliver on the caller's thread.
@@ -237,7 +305,8 @@ class Pipeline:
             try:
                 self._wake.wait(self.flush_interval)
                 self._wake.clear()
-                self._woken = False  # after the clear: a wake in between is kept, not lost
+                # After the clear: a put's wake in between is kept, not lost.
+                self._wake_at = self.batch_size - 1
                 self.report_full()
                 delivery.work()
                 if self.closed and not self._queue:

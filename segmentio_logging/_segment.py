@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 
 __all__ = [
+    "IDENTITY_ATTR",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_COUNT",
     "MAX_MESSAGE_BYTES",
     "MAX_MESSAGE_ID_LENGTH",
     "MESSAGE_TYPES",
+    "RECORD_ATTR_COUNT",
     "RESERVED_FIELDS",
     "SESSION_ID",
     "STANDARD_RECORD_ATTRS",
@@ -41,6 +43,13 @@ RESERVED_FIELDS = frozenset(
     }
 )
 SESSION_ID = "session_id"  # the original client's name for anonymous_id
+
+# The record attribute BoundIdentityFilter sets: the identity where the record was made.
+IDENTITY_ATTR = "_segment_identity"
+
+# How many attributes LogRecord.__init__ sets: a record with just these and the fields a
+# plain track reads has no other field (custom factories' additions make it longer).
+RECORD_ATTR_COUNT = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
 
 # Attributes every LogRecord has: no reserved key may be one (logging raises KeyError
 # for them in ``extra``), and with ``capture_extra`` the others become properties.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import json
+import logging
 import uuid
 from decimal import Decimal
 from typing import Any, Dict, Optional
@@ -373,6 +374,40 @@ class TestPlainTrackCapture:
             assert not gc.is_tracked(captured)
         else:
             assert captured[TRACK_PROPERTIES] == properties
+
+    def test_fields_a_record_factory_adds_are_read(self) -> None:
+        """A field set by a custom record factory on every record (here ``context`` and
+        ``traits``) is read as the same field given in ``extra``: the record is longer than
+        LogRecord's own attributes plus the plain track's, so its names are looked at."""
+        default = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = default(*args, **kwargs)
+            record.context = {"app": {"name": "shop"}}
+            return record
+
+        logging.setLogRecordFactory(factory)
+        try:
+            record = make_record(user_id="u1", properties={"a": 1})
+        finally:
+            logging.setLogRecordFactory(default)
+        assert mapped(record)["context"]["app"] == {"name": "shop"}
+        del record.context
+        record.traits = {"plan": "pro"}  # added after the record was made, as a filter may
+        assert mapped(record)["type"] == "identify"
+
+    def test_a_record_another_handler_formatted_first_is_the_same_track(self) -> None:
+        """A Formatter that ran first adds ``message`` and ``asctime``: the record still
+        becomes the plain track it was, and a field among them is still read."""
+        record = make_record(user_id="u1", properties={"a": 1})
+        before = mapped(record)
+        logging.Formatter("%(asctime)s %(message)s").format(record)
+        assert "message" in record.__dict__ and "asctime" in record.__dict__
+        after = mapped(record)
+        assert after.pop("messageId") != before.pop("messageId")  # each message its own
+        assert after == before
+        record.integrations = {"All": False}
+        assert mapped(record)["integrations"] == {"All": False}
 
     def test_encode_gives_only_bytes(self) -> None:
         """No dict for the worker to keep; the bytes hold the message, keys in order."""

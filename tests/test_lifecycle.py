@@ -11,8 +11,10 @@ import math
 import multiprocessing.process
 import multiprocessing.util
 import signal
+import sys
 import threading
 import time
+import types
 import weakref
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
@@ -101,6 +103,29 @@ def test_end_of_none_is_never_and_a_timeout_is_that_far_ahead() -> None:
 
 
 @pytest.mark.usefixtures("no_live")
+@pytest.mark.parametrize(
+    ("executable", "uwsgi", "expected"),
+    [
+        ("/usr/bin/python3.11", False, False),
+        ("/srv/app/.venv/bin/python", False, False),
+        ("/opt/pypy3/bin/pypy3", False, False),
+        ("/usr/bin/python3", True, True),  # uWSGI's module: forks from C
+        ("/usr/sbin/unitd", False, True),  # an interpreter embedded in another program
+        ("", False, True),
+    ],
+)
+def test_forks_may_skip_hooks_where_the_interpreter_is_embedded(
+    monkeypatch: pytest.MonkeyPatch, executable: str, uwsgi: bool, expected: bool
+) -> None:
+    """Only a program that embeds the interpreter may fork without Python's fork hooks."""
+    monkeypatch.setattr(sys, "executable", executable)
+    if uwsgi:
+        monkeypatch.setitem(sys.modules, "uwsgi", types.ModuleType("uwsgi"))
+    else:
+        monkeypatch.delitem(sys.modules, "uwsgi", raising=False)
+    assert _lifecycle.forks_may_skip_hooks() is expected
+
+
 def test_close_all_runs_the_hooks_then_begins_every_close_before_waiting() -> None:
     """At exit the hooks run first, then every pipeline begins closing, then each is waited."""
     calls: List[str] = []

@@ -663,6 +663,57 @@ class TestForkWithoutHooks:
         assert prefixes["child"] != prefixes["parent-before"] == prefixes["parent-after"]
 
 
+# The same under an embedded interpreter that forks from C (uWSGI's module is there), with
+# the parent's worker running: every put compares pids, so the child's first event counts.
+_HOOKLESS_FORK_UNDER_UWSGI = """
+import ctypes, logging, os, sys, time, types
+uwsgi = types.ModuleType("uwsgi")
+uwsgi.opt, uwsgi.version_info = {}, (2, 0, 31, 0, "")
+sys.modules["uwsgi"] = uwsgi
+import segmentio_logging
+handler = segmentio_logging.SegmentHandler("k", host=sys.argv[1], flush_interval=0.05)
+logger = logging.getLogger("app")
+logger.addHandler(handler)
+logger.warning("parent-before", extra={"user_id": "p"})
+assert handler.flush(10)  # the worker is up and waits: nothing new would start in the child
+# libc's fork under the interpreter's lock (PyDLL keeps it), as uWSGI forks: no Python hook
+pid = ctypes.PyDLL(None).fork()
+if pid == 0:
+    for i in range(3):
+        logger.warning(f"child-{i}", extra={"user_id": "c"})
+    ok = handler.flush(10) and handler.stats()["delivered"] == 3
+    os._exit(0 if ok else 3)
+end = time.monotonic() + 30
+while time.monotonic() < end:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else 0)
+    time.sleep(0.01)
+os.kill(pid, 9)
+sys.exit(4)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_under_uwsgi_a_hookless_fork_is_seen_at_the_first_put(collector: LocalCollector) -> None:
+    """Under uWSGI, which forks its workers from C, a child's first events are queued in a
+    fresh pipeline of its own and delivered: none is lost to the parent's inherited queue."""
+    result = subprocess.run(
+        [sys.executable, "-c", _HOOKLESS_FORK_UNDER_UWSGI, collector.url],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    assert collector.wait_for_messages(4)
+    assert sorted(m["event"] for m in collector.messages) == [
+        "child-0",
+        "child-1",
+        "child-2",
+        "parent-before",
+    ]
+
+
 class TestCloseBehindAHungRequest:
     def test_queued_messages_are_reported_at_the_deadline(
         self,
