@@ -29,8 +29,6 @@ from ._analytics_settings import (
 )
 from ._errors import InvalidMessage
 
-__all__ = ["Client", "Result"]
-
 Result = Tuple[bool, Message]
 
 _ID_TYPES = (numbers.Number, str)

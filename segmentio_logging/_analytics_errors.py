@@ -7,8 +7,6 @@ import json
 
 from ._errors import DeliveryError, InvalidMessage
 
-__all__ = ["APIError", "ArgumentError", "UnsupportedSettingWarning", "api_error"]
-
 
 class ArgumentError(InvalidMessage, AssertionError):
     """A call the official client refuses with ``AssertionError`` (or Segment would reject):

@@ -19,21 +19,6 @@ from ._client import Client as _PipelineClient
 from ._errors import DeliveryError
 from ._options import DEFAULT_HOST, env_var, resolve_options
 
-__all__ = [
-    "MAX_UPLOAD_SIZE",
-    "OFFICIAL_NAMES",
-    "SAME_NAMES",
-    "UNSUPPORTED",
-    "ErrorCallback",
-    "Message",
-    "as_on_failure",
-    "configure_log",
-    "pipeline_client",
-    "proxy_option",
-    "segment_log",
-    "warn_once",
-]
-
 Message = Dict[str, Any]
 ErrorCallback = Callable[[Exception, List[Message]], Any]
 
