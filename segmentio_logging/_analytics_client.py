@@ -41,9 +41,8 @@ class Client:
     ``upload_size`` sets the option ``batch_size``, ``upload_interval`` ``flush_interval``,
     ``thread`` ``max_in_flight`` (requests at once), ``max_total_backoff_duration``
     ``retry_budget``, ``proxies`` (a requests-style dict) ``proxy``; ``on_error(error, batch)``
-    is called
-    for what ``on_failure(data, error)`` would get. Other keyword arguments are this
-    package's other options (``shutdown_timeout``, ``spool_path``...).
+    is called for what ``on_failure(data, error)`` would get. Other keyword arguments are
+    this package's other options (``shutdown_timeout``, ``spool_path``...).
     """
 
     log = segment_log

@@ -4,10 +4,6 @@ The official module settings, calls (argument order, ``(success, message)``
 results) and ``Client`` keywords, on this package's pipeline. An unset (``None``)
 setting falls back to its ``SEGMENT_*`` variable, then to this package's default;
 one that cannot be honoured warns once (:class:`UnsupportedSettingWarning`).
-
-This module holds the settings, the default client and the module-level calls;
-``Client`` is in ``_analytics_client``, the settings' translation into this
-package's options in ``_analytics_settings``, the errors in ``_analytics_errors``.
 """
 
 from __future__ import annotations
@@ -17,6 +13,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Callable, Dict, Optional, TypeVar
 
+# This module holds the settings, the default client and the module-level calls; Client,
+# the settings' translation into options and the errors each have a private module.
 from ._analytics_client import Client
 from ._analytics_client import Result as Result
 from ._analytics_errors import APIError, ArgumentError, UnsupportedSettingWarning
