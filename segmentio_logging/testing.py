@@ -16,21 +16,16 @@ the check decides.
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
 import itertools
 import json
-import math
-import socket
 import ssl
-import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Protocol, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
+from ._collector_handler import CollectorHandler, CollectorServer
+from ._collector_requests import Reply, Request, RequestCheck
 from ._lifecycle import leave_signals_to_other_threads
 from ._receiver import (
     IDLE_TIMEOUT,
@@ -39,230 +34,12 @@ from ._receiver import (
     MAX_REQUEST_BYTES,
     REQUEST_TIMEOUT,
     Limits,
-    ReceiverServer,
     Refused,
-    RequestStream,
-    body_length,
     decoded_body,
-    linger,
-    read_body,
-    refusal_bytes,
 )
-from ._spec import SINGLE_CALL_PATHS, Verdict, basic_auth_user
-from ._transport import BATCH_PATH
+from ._spec import Verdict
 
 __all__ = ["LocalCollector", "Reply", "Request"]
-
-
-@dataclass(frozen=True)
-class Reply:
-    """How the collector answers one request.
-
-    ``body`` defaults to ``{"success":true}`` for a 2xx status and to an error
-    object naming the status otherwise. ``delay`` waits before answering;
-    ``reset`` closes the connection with a TCP reset instead of answering;
-    ``hang`` keeps it open without an answer until the collector stops (or
-    :meth:`LocalCollector.release_hangs`).
-    """
-
-    status: int = 200
-    body: Optional[str] = None
-    headers: Dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    reset: bool = False
-    hang: bool = False
-
-    @property
-    def text(self) -> str:
-        """The body sent: ``body``, or the default for the status."""
-        if self.body is not None:
-            return self.body
-        if 200 <= self.status < 300:
-            return '{"success":true}'
-        return json.dumps({"error": f"HTTP {self.status}"}, separators=(",", ":"))
-
-    @classmethod
-    def retry_after(cls, seconds: float, status: int = 429, *, http_date: bool = False) -> Reply:
-        """A ``status`` reply whose ``Retry-After`` asks for ``seconds``.
-
-        With ``http_date`` the header is an HTTP date at least ``seconds`` from
-        now (HTTP dates have whole seconds, so it is rounded up).
-        """
-        if http_date:
-            value = email.utils.formatdate(math.ceil(time.time() + seconds), usegmt=True)
-        else:
-            value = f"{seconds:g}"
-        return cls(status=status, body='{"error":"rate limited"}', headers={"Retry-After": value})
-
-
-@dataclass
-class Request:
-    """One request the collector received."""
-
-    method: str
-    path: str
-    headers: Dict[str, str]
-    raw: bytes
-    body: Any
-    status: Optional[int]
-    received_at: float
-    connection: int = 0
-    """Which TCP connection carried it (1, 2, ... in order of arrival): shows keep-alive."""
-
-    @property
-    def write_key(self) -> Optional[str]:
-        """The user name of the Basic auth header (Segment's write key), if any."""
-        return basic_auth_user(self.headers)
-
-    @property
-    def messages(self) -> List[Dict[str, Any]]:
-        """The messages the request carried (the batch, or the one single-call message)."""
-        if not isinstance(self.body, dict):
-            return []
-        if self.path.rstrip("/") == BATCH_PATH:
-            batch = self.body.get("batch")
-            return [m for m in batch if isinstance(m, dict)] if isinstance(batch, list) else []
-        kind = SINGLE_CALL_PATHS.get(self.path.rstrip("/"))
-        if kind is not None:
-            return [{"type": kind, **self.body}]
-        return []
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # The status line and headers go out in one send, the body in another: with Nagle's
-    # algorithm on, the body waits for the client's delayed ACK, 40 ms per request.
-    disable_nagle_algorithm = True
-    server: _Server
-    connection_id = 0
-    stream: RequestStream
-
-    def setup(self) -> None:
-        super().setup()
-        self.rfile.close()  # replaced by a stream that keeps the receiver's clocks and limits
-        self.stream = RequestStream(self.connection, self.server.limits)
-        self.rfile = self.stream
-        self.connection_id = next(self.server.connection_ids)
-
-    def log_message(self, format: str, *args: Any) -> None:  # silence the default stderr log
-        pass
-
-    def handle_one_request(self) -> None:
-        self.stream.next_request()
-        super().handle_one_request()  # a read past a clock ends it, the connection to close
-        if self.stream.timed_out and self.stream.started:
-            # Part of a request came, too slowly: say so (an idle connection just closes).
-            with contextlib.suppress(OSError):
-                self.connection.settimeout(1.0)
-                self.connection.sendall(refusal_bytes(408, "the request took too long to arrive"))
-            linger(self.connection)
-
-    def handle_expect_100(self) -> bool:
-        """A body that will be refused is refused before the client sends it."""
-        if self.command == "POST":
-            try:
-                body_length(self.headers, self.server.limits)
-            except Refused as refused:
-                self._refuse(refused)
-                return False
-        return super().handle_expect_100()
-
-    def do_POST(self) -> None:
-        server = self.server
-        limits = server.limits
-        self.stream.end_head()
-        request = self._request()
-        try:
-            length = body_length(self.headers, limits)
-            with server.budget.hold(limits.max_request_bytes if length is None else length):
-                request.raw = read_body(self.stream, length, limits.max_request_bytes)
-                with server.decoding:
-                    size, verdict = server.collector._read(request)
-        except Refused as refused:
-            self._refuse(refused, request)
-            return
-        self._answer(request, server.collector._choose(request, size, verdict))
-
-    def _request(self) -> Request:
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        return Request("POST", self.path, headers, b"", None, None, time.time(), self.connection_id)
-
-    def _refuse(self, refused: Refused, request: Optional[Request] = None) -> None:
-        """Answer ``refused``; when its body is left unread, close the connection after it."""
-        self.stream.end_head()
-        if request is None:
-            request = self._request()
-        reply = self.server.collector._refused(request, refused)
-        if refused.close:
-            reply.headers["Connection"] = "close"
-        self._answer(request, reply)
-        if refused.close:
-            linger(self.connection)
-
-    def _answer(self, request: Request, reply: Reply) -> None:
-        collector = self.server.collector
-        if reply.delay:
-            collector._stopping.wait(reply.delay)
-        if reply.hang:
-            collector._hang()
-            self.close_connection = True
-            return
-        if reply.reset:
-            self._reset()
-            return
-        payload = reply.text.encode("utf-8")
-        try:
-            self.stream.before_answer()
-            self.send_response(reply.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-        except OSError:  # the client gave up waiting (its timeout) and closed the socket
-            self.close_connection = True
-        collector._answered(request)
-
-    def _reset(self) -> None:
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-        except OSError:
-            pass
-        self.close_connection = True
-
-
-class _Server(ReceiverServer):
-    collector: LocalCollector
-    connection_ids: Iterator[int]
-
-
-class RequestCheck(Protocol):
-    """What a :class:`LocalCollector` given a ``check`` runs on every request it reads.
-
-    ``segmentio-logging collect`` gives one that holds each request to
-    Segment's spec. The calls run on the thread serving the request, in order:
-    :meth:`inspect` once the request was read, :meth:`record` once its answer
-    is chosen, :meth:`answered` once that answer went out. A request the
-    receiver refuses itself (over a limit, a body it cannot frame, gzip that
-    does not decompress) skips :meth:`inspect`: :meth:`record` gets the
-    receiver's verdict.
-    """
-
-    keep: bool
-    """Whether the collector keeps the requests too (False: a long run does not grow, and
-    the collector does not decode the JSON of a body for itself: ``Request.body`` is None)."""
-
-    def inspect(self, request: Request) -> Verdict:
-        """The verdict on ``request``; its status and body answer a request nothing scripted."""
-
-    def record(self, request: Request, verdict: Verdict) -> None:
-        """``request``, with the status it is answered with (None: a reset or a hang)."""
-
-    def answered(self, request: Request) -> None:
-        """The answer to ``request`` went out (or its client had gone); never after a reset
-        or a hang, which send none."""
 
 
 class LocalCollector:
@@ -307,8 +84,8 @@ class LocalCollector:
             max_request_bytes, max_decoded_bytes, idle_timeout, request_timeout, max_connections
         )
         self._stopping = threading.Event()
-        self._server = _Server(
-            (host, port), _Handler, self.limits, self._stopping, ssl_context=ssl_context
+        self._server = CollectorServer(
+            (host, port), CollectorHandler, self.limits, self._stopping, ssl_context=ssl_context
         )
         self._server.collector = self
         self._server.connection_ids = itertools.count(1)

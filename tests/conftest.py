@@ -1,4 +1,5 @@
-"""Fixtures shared by the test suite: a local receiver and clean logging state."""
+"""Fixtures shared by the test suite: local receivers, clients shut down after each test,
+and clean logging state."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Iterator, List
 
 import pytest
 
-from segmentio_logging import SegmentHandler
+from segmentio_logging import Client, SegmentHandler
 from segmentio_logging.testing import LocalCollector
+
+from .helpers import ScriptedReceiver
 
 
 @pytest.fixture
@@ -16,6 +19,23 @@ def collector() -> Iterator[LocalCollector]:
     """A LocalCollector on 127.0.0.1, stopped after the test."""
     with LocalCollector() as receiver:
         yield receiver
+
+
+@pytest.fixture
+def scripted_receiver() -> Iterator[ScriptedReceiver]:
+    """A ScriptedReceiver on 127.0.0.1 (it counts the requests in flight), stopped after the
+    test."""
+    with ScriptedReceiver() as server:
+        yield server
+
+
+@pytest.fixture
+def clients() -> Iterator[List[Client]]:
+    """A list for the Clients a test makes; each is shut down after the test."""
+    made: List[Client] = []
+    yield made
+    for client in made:
+        client.shutdown(timeout=5)
 
 
 @pytest.fixture

@@ -15,7 +15,14 @@ import pytest
 
 import segmentio_logging
 import segmentio_logging.analytics as analytics
-from segmentio_logging import ClosedError, DeliveryError, InvalidMessage, MessageTooLarge, QueueFull
+from segmentio_logging import (
+    ClosedError,
+    DeliveryError,
+    InvalidMessage,
+    MessageTooLarge,
+    QueueFull,
+    _analytics_settings,
+)
 from segmentio_logging.testing import LocalCollector, Reply
 
 from .helpers import (
@@ -63,7 +70,7 @@ def _fresh_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     for name, value in SETTINGS.items():
         monkeypatch.setattr(analytics, name, value)
-    monkeypatch.setattr(analytics, "_warned", set())
+    monkeypatch.setattr(_analytics_settings, "_warned", set())
     monkeypatch.setattr(analytics, "default_client", None)
     yield
     client = analytics.default_client
@@ -897,7 +904,7 @@ class TestProxies:
         self, proxies: Dict[str, Any], expected: Any
     ) -> None:
         """scheme://host, scheme, all://host, all; none matching: the environment; None: none."""
-        assert analytics._proxy_option(proxies, "http://127.0.0.1:9") == expected
+        assert _analytics_settings.proxy_option(proxies, "http://127.0.0.1:9") == expected
 
     def test_no_entry_for_the_scheme_leaves_the_environment_in_charge(
         self,

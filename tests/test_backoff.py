@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 
@@ -17,20 +17,6 @@ from .helpers import Recorder, ScriptedReceiver, closed_url, identity_holds
 
 # Outage tests shorten the caps through the options, so that they run in a moment.
 FAST = {"flush_interval": 0.05, "max_backoff": 0.02, "shutdown_timeout": 10}
-
-
-@pytest.fixture
-def receiver() -> Iterator[ScriptedReceiver]:
-    with ScriptedReceiver() as server:
-        yield server
-
-
-@pytest.fixture
-def clients() -> Iterator[List[Client]]:
-    made: List[Client] = []
-    yield made
-    for client in made:
-        client.shutdown(timeout=5)
 
 
 def make_client(clients: List[Client], url: str, **options: Any) -> Client:
@@ -62,14 +48,14 @@ def backoff_wait(backoff: Backoff) -> None:
 
 class TestNothingGivenUp:
     def test_a_long_outage_loses_nothing(
-        self, receiver: ScriptedReceiver, clients: List[Client]
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
         """Fifty 503s in a row (more than any retry count of old): every event arrives."""
-        receiver.statuses = [503] * 50
+        scripted_receiver.statuses = [503] * 50
         failures = Recorder()
-        client = make_client(clients, receiver.url, on_failure=failures, batch_size=10)
+        client = make_client(clients, scripted_receiver.url, on_failure=failures, batch_size=10)
         track(client, 100)
-        assert receiver.wait_for(lambda: len(receiver.accepted) == 100)
+        assert scripted_receiver.wait_for(lambda: len(scripted_receiver.accepted) == 100)
         assert client.flush(timeout=30)
         stats = client.stats()
         assert (stats["delivered"], stats["failed"], stats["dropped"]) == (100, 0, 0)
@@ -78,13 +64,13 @@ class TestNothingGivenUp:
 
     @pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])
     def test_every_retryable_status_waits(
-        self, receiver: ScriptedReceiver, clients: List[Client], status: int
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client], status: int
     ) -> None:
         """5xx, 408 and 429 are retried until the receiver takes the batch."""
-        receiver.statuses = [status] * 15
-        client = make_client(clients, receiver.url)
+        scripted_receiver.statuses = [status] * 15
+        client = make_client(clients, scripted_receiver.url)
         track(client, 3)
-        assert receiver.wait_for(lambda: len(receiver.accepted) == 3)
+        assert scripted_receiver.wait_for(lambda: len(scripted_receiver.accepted) == 3)
         assert client.stats()["failed"] == 0
 
     def test_a_refusing_receiver_is_waited_for_until_shutdown(self, clients: List[Client]) -> None:
@@ -101,92 +87,94 @@ class TestNothingGivenUp:
         assert any("shutdown deadline" in reason for reason in reasons)
 
     def test_a_hanging_receiver_is_waited_for(
-        self, receiver: ScriptedReceiver, clients: List[Client]
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
         """Requests that time out (the receiver hangs) are retried until it answers."""
-        receiver.held.clear()
-        client = make_client(clients, receiver.url, timeout=0.3)
+        scripted_receiver.held.clear()
+        client = make_client(clients, scripted_receiver.url, timeout=0.3)
         track(client, 3)
         assert outage_seen(client, 2)
         assert client.stats()["failed"] == 0
-        receiver.held.set()
+        scripted_receiver.held.set()
         assert client.flush(timeout=30)
-        assert set(receiver.accepted) == {"m0", "m1", "m2"}  # perhaps twice: deduplicated
+        assert set(scripted_receiver.accepted) == {"m0", "m1", "m2"}  # perhaps twice: deduplicated
         stats = client.stats()
         assert (stats["delivered"], stats["failed"]) == (3, 0)
 
     def test_flush_without_a_timeout_does_not_wait_out_an_outage(
-        self, receiver: ScriptedReceiver, clients: List[Client]
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
         """flush() returns False once the receiver is found down; the events stay queued."""
-        receiver.default = 503
-        client = make_client(clients, receiver.url)
+        scripted_receiver.default = 503
+        client = make_client(clients, scripted_receiver.url)
         track(client, 4)
         assert client.flush() is False
         stats = client.stats()
         assert stats["pending"] == 4 and stats["failed"] == 0
-        receiver.default = 200
+        scripted_receiver.default = 200
         assert client.flush(timeout=30)
-        assert sorted(receiver.accepted) == ["m0", "m1", "m2", "m3"]
+        assert sorted(scripted_receiver.accepted) == ["m0", "m1", "m2", "m3"]
 
     def test_max_retries_set_gives_a_batch_up(
-        self, receiver: ScriptedReceiver, clients: List[Client]
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
         """max_retries, when set, still gives a batch up after that many retries."""
-        receiver.default = 503
+        scripted_receiver.default = 503
         failures = Recorder()
-        client = make_client(clients, receiver.url, max_retries=2, on_failure=failures)
+        client = make_client(clients, scripted_receiver.url, max_retries=2, on_failure=failures)
         track(client, 2)
         assert client.flush(timeout=30)
         assert client.stats()["failed"] == 2
         ((_, error),) = failures.calls
         assert isinstance(error, DeliveryError) and "max_retries=2" in error.reason
-        assert error.attempts == 3 and receiver.answered == [503, 503, 503]
+        assert error.attempts == 3 and scripted_receiver.answered == [503, 503, 503]
 
 
 class TestTogether:
     def test_one_probe_at_a_time_while_down(
-        self, receiver: ScriptedReceiver, clients: List[Client]
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
         """Once the receiver is known down, a backlog sends one probe at a time, until one
         gets through."""
-        receiver.statuses = [503] * 12
-        client = make_client(clients, receiver.url, max_in_flight=4, batch_size=10)
+        scripted_receiver.statuses = [503] * 12
+        client = make_client(clients, scripted_receiver.url, max_in_flight=4, batch_size=10)
         track(client, 1)
         assert outage_seen(client)
         track(client, 200, start=1)
-        assert receiver.wait_for(lambda: len(receiver.accepted) == 201)
+        assert scripted_receiver.wait_for(lambda: len(scripted_receiver.accepted) == 201)
         failed = [
-            alone for status, alone in zip(receiver.answered, receiver.alone) if status == 503
+            alone
+            for status, alone in zip(scripted_receiver.answered, scripted_receiver.alone)
+            if status == 503
         ]
         assert len(failed) == 12 and all(failed)
         assert client.stats()["failed"] == 0
 
     def test_retry_after_pauses_every_sender(
-        self, receiver: ScriptedReceiver, clients: List[Client]
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
         """A 429 with Retry-After holds back every sender until the pause is over."""
-        receiver.statuses = [429]
-        receiver.headers = {"Retry-After": "0.5"}
-        client = make_client(clients, receiver.url, max_in_flight=4, batch_size=10)
+        scripted_receiver.statuses = [429]
+        scripted_receiver.headers = {"Retry-After": "0.5"}
+        client = make_client(clients, scripted_receiver.url, max_in_flight=4, batch_size=10)
         track(client, 1)
         assert outage_seen(client)
         paused_at = time.monotonic()
-        receiver.headers = {}
+        scripted_receiver.headers = {}
         track(client, 100, start=1)
-        assert receiver.wait_for(lambda: len(receiver.accepted) == 101)
+        assert scripted_receiver.wait_for(lambda: len(scripted_receiver.accepted) == 101)
         assert time.monotonic() - paused_at >= 0.4
-        assert receiver.answered.count(429) == 1
+        assert scripted_receiver.answered.count(429) == 1
 
     def test_a_long_retry_after_is_capped(
-        self, receiver: ScriptedReceiver, clients: List[Client]
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
         """Retry-After: 3600 waits max_retry_after, then the batch goes through."""
-        receiver.statuses = [503]
-        receiver.headers = {"Retry-After": "3600"}
-        client = make_client(clients, receiver.url, max_retry_after=0.2)
+        scripted_receiver.statuses = [503]
+        scripted_receiver.headers = {"Retry-After": "3600"}
+        client = make_client(clients, scripted_receiver.url, max_retry_after=0.2)
         track(client, 1)
-        assert receiver.wait_for(lambda: receiver.accepted == ["m0"])
+        assert scripted_receiver.wait_for(lambda: scripted_receiver.accepted == ["m0"])
         assert client.stats()["failed"] == 0
 
     def test_failures_of_requests_already_in_flight_do_not_count_twice(self) -> None:
@@ -204,28 +192,28 @@ class TestTogether:
 class TestPermanent:
     @pytest.mark.parametrize("status", [400, 401, 403, 404, 413])
     def test_permanent_answers_fail_fast(
-        self, receiver: ScriptedReceiver, clients: List[Client], status: int
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client], status: int
     ) -> None:
         """400, 401, 403, 404 and 413 (of one message) fail at once, with the status."""
-        receiver.default = status
+        scripted_receiver.default = status
         failures = Recorder()
-        client = make_client(clients, receiver.url, on_failure=failures)
+        client = make_client(clients, scripted_receiver.url, on_failure=failures)
         track(client, 1)
         assert client.flush(timeout=30)
         ((_, error),) = failures.calls
         assert isinstance(error, DeliveryError)
-        assert (error.status, error.attempts, len(receiver.answered)) == (status, 1, 1)
+        assert (error.status, error.attempts, len(scripted_receiver.answered)) == (status, 1, 1)
         assert "rejected" in error.reason
 
 
 def test_a_spool_keeps_events_through_an_outage(
-    receiver: ScriptedReceiver, clients: List[Client], tmp_path: Path
+    scripted_receiver: ScriptedReceiver, clients: List[Client], tmp_path: Path
 ) -> None:
     """With spool_path, an outage of many failed probes costs disk, not events."""
-    receiver.statuses = [503] * 30
-    client = make_client(clients, receiver.url, spool_path=str(tmp_path / "spool"))
+    scripted_receiver.statuses = [503] * 30
+    client = make_client(clients, scripted_receiver.url, spool_path=str(tmp_path / "spool"))
     track(client, 50)
-    assert receiver.wait_for(lambda: len(receiver.accepted) == 50)
+    assert scripted_receiver.wait_for(lambda: len(scripted_receiver.accepted) == 50)
     assert client.flush(timeout=30)
     stats = client.stats()
     assert (stats["delivered"], stats["failed"], stats["dropped"]) == (50, 0, 0)

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from segmentio_logging import _receiver
+from segmentio_logging import _receiver_stream
 from segmentio_logging._receiver import MAX_HEAD_BYTES, Limits
 from segmentio_logging._spec import Verdict
 from segmentio_logging.testing import LocalCollector, Reply, Request
@@ -287,7 +287,7 @@ class TestClocks:
         """Each clock test runs with the system's socket timeouts and with Python's (the
         fallback where the system has none)."""
         if request.param == "Python timeouts":
-            monkeypatch.setattr(_receiver, "_KERNEL_TIMEOUTS", False)
+            monkeypatch.setattr(_receiver_stream, "_KERNEL_TIMEOUTS", False)
 
     def test_a_slowloris_head_is_cut_off_with_408(self) -> None:
         """A client sending a header byte every 50 ms gets 408 once request_timeout passed."""

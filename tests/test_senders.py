@@ -5,27 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 
 from segmentio_logging import Client
 
 from .helpers import Recorder, ScriptedReceiver, identity_holds
-
-
-@pytest.fixture
-def receiver() -> Iterator[ScriptedReceiver]:
-    with ScriptedReceiver() as server:
-        yield server
-
-
-@pytest.fixture
-def clients() -> Iterator[List[Client]]:
-    made: List[Client] = []
-    yield made
-    for client in made:
-        client.shutdown(timeout=5)
 
 
 def make_client(clients: List[Client], receiver: ScriptedReceiver, **options: Any) -> Client:
@@ -43,90 +29,97 @@ def track(client: Client, count: int, start: int = 0) -> None:
 
 class TestInFlight:
     def test_a_backlog_is_sent_max_in_flight_at_once(
-        self, receiver: ScriptedReceiver, clients: List[Client]
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
         """Under a backlog the receiver sees exactly max_in_flight requests at once."""
-        client = make_client(clients, receiver, max_in_flight=3, batch_size=10)
-        receiver.held.clear()
+        client = make_client(clients, scripted_receiver, max_in_flight=3, batch_size=10)
+        scripted_receiver.held.clear()
         track(client, 200)
-        assert receiver.wait_for(lambda: receiver.in_flight == 3)
-        receiver.held.set()
+        assert scripted_receiver.wait_for(lambda: scripted_receiver.in_flight == 3)
+        scripted_receiver.held.set()
         assert client.flush(timeout=30)
-        assert receiver.max_in_flight == 3
-        assert sorted(receiver.accepted) == sorted(f"m{i}" for i in range(200))
+        assert scripted_receiver.max_in_flight == 3
+        assert sorted(scripted_receiver.accepted) == sorted(f"m{i}" for i in range(200))
         stats = client.stats()
         assert stats["delivered"] == 200 and identity_holds(stats)
 
     def test_idle_sends_one_request_at_a_time(
-        self, receiver: ScriptedReceiver, clients: List[Client]
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
         """A quiet application sends one request at a time, on one connection."""
-        client = make_client(clients, receiver, max_in_flight=8)
+        client = make_client(clients, scripted_receiver, max_in_flight=8)
         for i in range(5):
             track(client, 1, start=i)
             assert client.flush(timeout=10)
-        assert receiver.max_in_flight == 1
-        assert receiver.connections == 1
-        assert len(receiver.accepted) == 5
+        assert scripted_receiver.max_in_flight == 1
+        assert scripted_receiver.connections == 1
+        assert len(scripted_receiver.accepted) == 5
 
     def test_a_deep_queue_sends_full_batches(
-        self, receiver: ScriptedReceiver, clients: List[Client]
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
         """Once a backlog is queued, each request takes batch_size messages."""
-        client = make_client(clients, receiver, max_in_flight=2, batch_size=50, flush_interval=30)
-        receiver.held.clear()
+        client = make_client(
+            clients, scripted_receiver, max_in_flight=2, batch_size=50, flush_interval=30
+        )
+        scripted_receiver.held.clear()
         track(client, 50)  # a full batch wakes the worker: its request waits at the receiver
-        assert receiver.wait_for(lambda: receiver.in_flight == 1)
+        assert scripted_receiver.wait_for(lambda: scripted_receiver.in_flight == 1)
         track(client, 500, start=50)
-        receiver.held.set()
+        scripted_receiver.held.set()
         assert client.flush(timeout=30)
-        assert receiver.batches == [50] * 11
+        assert scripted_receiver.batches == [50] * 11
 
     def test_the_pool_keeps_a_connection_per_request_in_flight(
-        self, receiver: ScriptedReceiver, clients: List[Client]
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
         """Two backlogs in a row reuse max_in_flight kept-alive connections."""
-        client = make_client(clients, receiver, max_in_flight=4, batch_size=10)
+        client = make_client(clients, scripted_receiver, max_in_flight=4, batch_size=10)
         for wave in range(2):
-            receiver.held.clear()
+            scripted_receiver.held.clear()
             track(client, 100, start=wave * 100)
-            assert receiver.wait_for(lambda: receiver.in_flight == 4)
-            receiver.held.set()
+            assert scripted_receiver.wait_for(lambda: scripted_receiver.in_flight == 4)
+            scripted_receiver.held.set()
             assert client.flush(timeout=30)
-        assert receiver.connections == 4
-        assert len(receiver.accepted) == 200
+        assert scripted_receiver.connections == 4
+        assert len(scripted_receiver.accepted) == 200
 
     def test_callbacks_hear_of_every_concurrent_batch(
-        self, receiver: ScriptedReceiver, clients: List[Client]
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
         """on_success is called once per request, whichever sender sent it."""
         successes = Recorder()
         client = make_client(
-            clients, receiver, max_in_flight=4, batch_size=10, on_success=successes
+            clients, scripted_receiver, max_in_flight=4, batch_size=10, on_success=successes
         )
-        receiver.held.clear()
+        scripted_receiver.held.clear()
         track(client, 120)
-        assert receiver.wait_for(lambda: receiver.in_flight == 4)
-        receiver.held.set()
+        assert scripted_receiver.wait_for(lambda: scripted_receiver.in_flight == 4)
+        scripted_receiver.held.set()
         assert client.flush(timeout=30)
         sent = [m["messageId"] for data, _ in successes.calls for m in data]
         assert sorted(sent) == sorted(f"m{i}" for i in range(120))
-        assert client.stats()["batches"] == len(successes.calls) == len(receiver.batches)
+        assert client.stats()["batches"] == len(successes.calls) == len(scripted_receiver.batches)
 
     def test_close_ends_every_sender_at_the_deadline(
-        self, receiver: ScriptedReceiver, clients: List[Client]
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
     ) -> None:
         """close() with requests held by the receiver returns by shutdown_timeout; the
         counters still add up and nothing is reported delivered that was not."""
         client = make_client(
-            clients, receiver, max_in_flight=3, batch_size=10, shutdown_timeout=0.5, timeout=30
+            clients,
+            scripted_receiver,
+            max_in_flight=3,
+            batch_size=10,
+            shutdown_timeout=0.5,
+            timeout=30,
         )
-        receiver.held.clear()
+        scripted_receiver.held.clear()
         track(client, 100)
-        assert receiver.wait_for(lambda: receiver.in_flight == 3)
+        assert scripted_receiver.wait_for(lambda: scripted_receiver.in_flight == 3)
         assert client.shutdown() is False
         stats = client.stats()
-        receiver.held.set()
+        scripted_receiver.held.set()
         assert identity_holds(stats)
         assert stats["delivered"] == 0
         assert stats["dropped"] + stats["failed"] + stats["pending"] == 100
@@ -135,20 +128,21 @@ class TestInFlight:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork() with threads running
 def test_a_forked_child_starts_afresh_with_its_own_senders(
-    receiver: ScriptedReceiver, clients: List[Client]
+    scripted_receiver: ScriptedReceiver, clients: List[Client]
 ) -> None:
     """A child forked while the parent's senders are busy sends its own events only."""
-    client = make_client(clients, receiver, max_in_flight=3, batch_size=10)
-    receiver.held.clear()
+    client = make_client(clients, scripted_receiver, max_in_flight=3, batch_size=10)
+    scripted_receiver.held.clear()
     track(client, 100)
-    assert receiver.wait_for(lambda: receiver.in_flight == 3)
+    assert scripted_receiver.wait_for(lambda: scripted_receiver.in_flight == 3)
     pid = os.fork()
     if pid == 0:  # the child: exits with its verdict, never returns into pytest
         code = 1
         try:
             stats = client.stats()
             if stats["enqueued"] == 0:
-                receiver.held.set()  # not shared: the child's copy of the receiver is inert
+                # Not shared: the child's copy of the receiver is inert.
+                scripted_receiver.held.set()
                 track(client, 30, start=1000)
                 ok = client.flush(timeout=20)
                 stats = client.stats()
@@ -156,10 +150,10 @@ def test_a_forked_child_starts_afresh_with_its_own_senders(
         finally:
             sys.stdout.flush()
             os._exit(code)
-    receiver.held.set()
+    scripted_receiver.held.set()
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
     assert client.flush(timeout=30)
-    ids = set(receiver.accepted)
+    ids = set(scripted_receiver.accepted)
     assert {f"m{i}" for i in range(100)} <= ids
     assert {f"m{i}" for i in range(1000, 1030)} <= ids

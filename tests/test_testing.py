@@ -438,16 +438,16 @@ class TestReplyBody:
 def test_connections_have_nagle_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each connection the collector accepts has TCP_NODELAY set: an answer's headers and
     body go out in two sends, and with Nagle on the body would wait for a delayed ACK."""
-    from segmentio_logging import testing
+    from segmentio_logging._collector_handler import CollectorHandler
 
     seen: List[int] = []
-    original = testing._Handler.setup
+    original = CollectorHandler.setup
 
     def setup(self: Any) -> None:
         original(self)
         seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
-    monkeypatch.setattr(testing._Handler, "setup", setup)
+    monkeypatch.setattr(CollectorHandler, "setup", setup)
     with LocalCollector() as collector:
         parts = urlsplit(collector.url)
         conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=5)
