@@ -204,8 +204,13 @@ class Sender:
         self.callbacks.refused([item], error)
 
     def process(self, items: List[Any]) -> None:
-        """Encode, cut by bytes and deliver ``items``; settle each one."""
+        """Encode, cut by bytes and deliver ``items``; settle each one.
+
+        ``items`` is emptied once encoded: a batch that waits out an outage holds its
+        messages' bytes, not the captures they were made of as well.
+        """
         batch = self.encode_all(items)
+        items.clear()
         self.send_cut(batch.messages, batch.parts)
         # Counted last: flush() compares counts, and counting these early would let
         # it return before the earlier items of this batch were sent.

@@ -357,9 +357,12 @@ class _Attempt:
                 )
                 return
             attempts += 1
-            body = batch_body(parts[start:end], transport.write_key, format_timestamp(time.time()))
             try:
-                status, headers, text = transport._post_once(body, remaining)
+                # The body made here is not kept: a batch waiting out an outage holds its parts.
+                sent_at = format_timestamp(time.time())
+                status, headers, text = transport._post_once(
+                    batch_body(parts[start:end], transport.write_key, sent_at), remaining
+                )
             except Exception as exc:  # not a network failure: retrying would not help
                 transport.backoff.release(epoch)
                 reason, last = (

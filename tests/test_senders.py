@@ -3,15 +3,18 @@ flush and close with several senders, fork."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
+import time
+import weakref
 from typing import Any, List
 
 import pytest
 
 from segmentio_logging import Client
 
-from .helpers import Recorder, ScriptedReceiver, identity_holds
+from .helpers import Recorder, ScriptedReceiver, closed_url, identity_holds, make_record
 
 
 def make_client(clients: List[Client], receiver: ScriptedReceiver, **options: Any) -> Client:
@@ -157,3 +160,27 @@ def test_a_forked_child_starts_afresh_with_its_own_senders(
     ids = set(scripted_receiver.accepted)
     assert {f"m{i}" for i in range(100)} <= ids
     assert {f"m{i}" for i in range(1000, 1030)} <= ids
+
+
+class TestHeldBatches:
+    def test_a_batch_waiting_out_an_outage_holds_bytes_not_the_records(
+        self, make_handler: Any
+    ) -> None:
+        """Once a batch is encoded its captures are let go: while it waits for a receiver
+        that is down, what the records held (a value read at encoding) is freed."""
+
+        class Song:
+            def __str__(self) -> str:
+                return "Hey Jude"
+
+        song = Song()
+        freed = weakref.ref(song)
+        handler = make_handler(host=closed_url(), shutdown_timeout=0.5)
+        handler.handle(make_record("Played", user_id="u1", properties={"song": song}))
+        del song
+        end = time.monotonic() + 10
+        while freed() is not None and time.monotonic() < end:
+            time.sleep(0.01)
+            gc.collect()
+        assert freed() is None
+        assert handler.stats()["pending"] == 1  # the batch still waits for the receiver
