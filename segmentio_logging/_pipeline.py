@@ -97,6 +97,7 @@ class Pipeline:
         # The queue length at which a put starts the worker (none yet: at once) or wakes
         # it for a full batch; past every length once woken, until the worker wakes.
         self._wake_at = -1
+        self._flushes = 0  # flush() calls waiting for everything queued
         self.deadline = Deadline()
         self._sender = Sender(
             transport=self.transport,
@@ -106,6 +107,7 @@ class Pipeline:
             deadline=self.deadline,
             take=self.take,
             queued=self._queue.__len__,
+            more_due=self.more_due,
             batch_size=self.batch_size,
             max_in_flight=self.max_in_flight,
             made_with=self._wake,
@@ -331,16 +333,30 @@ class Pipeline:
         return items
 
     def drain(self) -> None:
-        """Deliver everything queued, a batch at a time; under a backlog, several at once."""
+        """Deliver what is queued, a batch at a time; under a backlog, several at once.
+
+        After the first batch of a wake, only full ones go on (and all of it for a flush
+        or the close): what came in meanwhile waits for the next wake, a full batch or
+        ``flush_interval`` away, so that under load each request carries a full batch.
+        """
+        first = True
         while True:
             self._sender.wait_resumed()
+            if not (first or self.more_due()):
+                return
+            first = False
             items = self.take()
             if not items:
                 return
-            if self._queue:
+            if self.more_due():
                 self._sender.help_with_backlog()
             self._process(items)
             self.report_full()  # between batches: a slow receiver must not delay the report
+
+    def more_due(self) -> bool:
+        """Whether another batch should go now: a full one is queued, or a flush or the
+        close waits for everything queued."""
+        return len(self._queue) >= self.batch_size or self.closed or self._flushes > 0
 
     # Sending is the sender's job (_senders.py); these are what the delivery may use of it.
     def encode_all(self, items: List[Any]) -> Batch:
@@ -375,10 +391,15 @@ class Pipeline:
             goal = self.goal()
             if ledger.settled_count() >= goal:
                 return True
-        if self._thread is None and not self.closed and not self.inline:
-            self.start()
-        self._wake.set()
-        return self.wait(lambda: ledger.settled_count() >= goal, end, gave_up=gave_up)
+            self._flushes += 1  # the worker sends partial batches too meanwhile
+        try:
+            if self._thread is None and not self.closed and not self.inline:
+                self.start()
+            self._wake.set()
+            return self.wait(lambda: ledger.settled_count() >= goal, end, gave_up=gave_up)
+        finally:
+            with ledger.lock:
+                self._flushes -= 1
 
     def wait(
         self,

@@ -73,6 +73,8 @@ class Sender:
     """Turns taken items into requests and settles each one, on any sending thread.
 
     :param take: takes the next batch off the queue (empty when there is none).
+    :param more_due: whether another batch should go now (a full one is queued, or a
+        flush or the close waits); the extra senders take only then.
     :param max_in_flight: requests at once while a backlog exists.
     """
 
@@ -86,6 +88,7 @@ class Sender:
         deadline: Deadline,
         take: Callable[[], List[Any]],
         queued: Callable[[], int],
+        more_due: Callable[[], bool],
         batch_size: int,
         max_in_flight: int,
         made_with: object = None,
@@ -98,6 +101,7 @@ class Sender:
         self.max_bytes = transport.max_parts_bytes
         self._take = take
         self._queued = queued
+        self._more_due = more_due
         self._batch_size = batch_size
         self._extra_limit = max(max_in_flight - 1, 0)
         self._lock = threading.Lock()
@@ -153,10 +157,10 @@ class Sender:
         with marked_busy():
             while True:
                 self.wait_resumed()
-                items = self._take()
+                items = self._take() if self._more_due() else []  # full batches only
                 if not items:
                     return
-                if self._queued():  # the backlog grew while every sender was in a request
+                if self._more_due():  # the backlog grew while every sender was in a request
                     self.help_with_backlog()
                 try:
                     self.process(items)

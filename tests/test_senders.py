@@ -15,6 +15,7 @@ import pytest
 from segmentio_logging import Client
 
 from .helpers import Recorder, ScriptedReceiver, closed_url, identity_holds, make_record
+from .hostile import wait_until
 
 
 def make_client(clients: List[Client], receiver: ScriptedReceiver, **options: Any) -> Client:
@@ -160,6 +161,37 @@ def test_a_forked_child_starts_afresh_with_its_own_senders(
     ids = set(scripted_receiver.accepted)
     assert {f"m{i}" for i in range(100)} <= ids
     assert {f"m{i}" for i in range(1000, 1030)} <= ids
+
+
+class TestFullBatches:
+    def test_what_comes_in_during_a_request_waits_to_fill_a_batch(
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
+    ) -> None:
+        """Under load each request carries a full batch: events logged while one is in
+        flight are not sent alone as it ends, but once a batch of them is queued."""
+        client = make_client(clients, scripted_receiver, batch_size=10, flush_interval=30)
+        scripted_receiver.held.clear()
+        track(client, 10)  # a full batch wakes the worker
+        assert scripted_receiver.wait_for(lambda: scripted_receiver.in_flight == 1)
+        track(client, 5, start=10)  # meanwhile
+        scripted_receiver.held.set()
+        assert wait_until(lambda: client.stats()["delivered"] == 10)  # the worker is back
+        track(client, 5, start=15)  # now a batch is queued: it goes at once
+        assert scripted_receiver.wait_for(lambda: len(scripted_receiver.accepted) == 20, 10)
+        assert scripted_receiver.batches == [10, 10]
+
+    def test_a_flush_sends_what_is_queued_whatever_its_size(
+        self, scripted_receiver: ScriptedReceiver, clients: List[Client]
+    ) -> None:
+        """A flush does not wait for batches to fill: the partial rest goes at once."""
+        client = make_client(clients, scripted_receiver, batch_size=10, flush_interval=30)
+        scripted_receiver.held.clear()
+        track(client, 10)
+        assert scripted_receiver.wait_for(lambda: scripted_receiver.in_flight == 1)
+        track(client, 15, start=10)
+        scripted_receiver.held.set()
+        assert client.flush(timeout=10)
+        assert sorted(scripted_receiver.batches) == [5, 10, 10]
 
 
 class TestHeldBatches:
