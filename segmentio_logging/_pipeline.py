@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -36,7 +35,6 @@ from ._transport import Deadline, Outcome, Transport
 
 _getpid = os.getpid
 _serials = itertools.count(1)
-_PAST_ANY_LENGTH = sys.maxsize
 
 
 def already_encoded(item: Any) -> Encoded:
@@ -78,6 +76,8 @@ class Pipeline:
         self.max_in_flight = max_in_flight
         self.sync_mode = sync_mode
         self.max_bytes = transport.max_parts_bytes
+        # The most a batch can hold: a queue smaller than batch_size is full before a batch is.
+        self._full_batch = min(batch_size, max_queue_size)
         # Keys the rate-limited warnings; an id() can be reused by the next pipeline.
         self.serial = next(_serials)
         self.callbacks = Callbacks(self.serial, describe, on_success, on_failure)
@@ -95,7 +95,7 @@ class Pipeline:
         self.ledger = Ledger()
         self._wake = threading.Event()
         # The queue length at which a put starts the worker (none yet: at once) or wakes
-        # it for a full batch; past every length once woken, until the worker wakes.
+        # it for a full batch; once woken, a full batch further on, until the worker wakes.
         self._wake_at = -1
         self._flushes = 0  # flush() calls waiting for everything queued
         self.deadline = Deadline()
@@ -108,7 +108,7 @@ class Pipeline:
             take=self.take,
             queued=self._queue.__len__,
             more_due=self.more_due,
-            batch_size=self.batch_size,
+            batch_size=self._full_batch,
             max_in_flight=self.max_in_flight,
             made_with=self._wake,
         )
@@ -190,11 +190,15 @@ class Pipeline:
         if self._pid != _getpid():  # a fork no hook saw (outside uWSGI), noticed here
             self.check_fork()
             return self.put(item)
-        self._queue.append(item)
+        queue = self._queue
+        # Not past every length: a put a batch further on wakes it again, and so notices a
+        # fork that no hook saw while the worker was busy (a long request, an outage).
+        next_wake = len(queue) + self._full_batch
+        queue.append(item)
         if self._thread is None:
             self.start()
         else:
-            self._wake_at = _PAST_ANY_LENGTH
+            self._wake_at = next_wake
             self._wake.set()
         if self._closed:
             self._sweep_after_close()
@@ -272,7 +276,7 @@ class Pipeline:
             try:
                 thread.start()
                 self._thread = thread
-                self._wake_at = self.batch_size - 1
+                self._wake_at = self._full_batch - 1
                 return
             except RuntimeError:
                 # Interpreter shutdown: no new threads. Deliver on the caller's thread.
@@ -308,7 +312,7 @@ class Pipeline:
                 self._wake.wait(self.flush_interval)
                 self._wake.clear()
                 # After the clear: a put's wake in between is kept, not lost.
-                self._wake_at = self.batch_size - 1
+                self._wake_at = self._full_batch - 1
                 self.report_full()
                 delivery.work()
                 if self.closed and not self._queue:
@@ -356,7 +360,7 @@ class Pipeline:
     def more_due(self) -> bool:
         """Whether another batch should go now: a full one is queued, or a flush or the
         close waits for everything queued."""
-        return len(self._queue) >= self.batch_size or self.closed or self._flushes > 0
+        return len(self._queue) >= self._full_batch or self.closed or self._flushes > 0
 
     # Sending is the sender's job (_senders.py); these are what the delivery may use of it.
     def encode_all(self, items: List[Any]) -> Batch:

@@ -375,6 +375,19 @@ class TestPlainTrackCapture:
         else:
             assert captured[TRACK_PROPERTIES] == properties
 
+    @pytest.mark.xfail(
+        strict=True,
+        reason="capture() counts attributes: one of LogRecord's own missing makes room for a field",
+    )
+    def test_a_record_without_one_of_logrecords_own_attributes_is_still_read(self) -> None:
+        """A record that lacks one of the attributes LogRecord sets (pickled under an older
+        Python, as 3.11's records have no ``taskName``, or one a filter deleted) still has
+        its other fields read: ``traits`` without an event make an identify, not a track."""
+        record = make_record("Signed up", user_id="u1", traits={"plan": "pro"})
+        assert mapped(record)["type"] == "identify"
+        del record.stack_info
+        assert mapped(record)["type"] == "identify"
+
     def test_fields_a_record_factory_adds_are_read(self) -> None:
         """A field set by a custom record factory on every record (here ``context`` and
         ``traits``) is read as the same field given in ``extra``: the record is longer than

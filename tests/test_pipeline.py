@@ -130,6 +130,17 @@ class TestBatching:
         assert collector.wait_for_messages(1, timeout=10)
         assert collector.messages[0]["event"] == "Lonely"
 
+    def test_a_queue_smaller_than_a_batch_wakes_the_worker_once_full(
+        self, make_handler: MakeHandler, logger: logging.Logger, collector: LocalCollector
+    ) -> None:
+        """With max_queue_size below batch_size a full queue is the largest batch there is:
+        it goes at once, not at the next flush_interval, and nothing is dropped meanwhile."""
+        handler = make_handler(batch_size=100, max_queue_size=5, flush_interval=60)
+        logger.addHandler(handler)
+        log_events(logger, 5)
+        assert collector.wait_for_messages(5, timeout=10)
+        assert handler.stats()["dropped"] == 0
+
 
 class TestFlush:
     def test_flush_true_when_everything_settled(
@@ -712,6 +723,64 @@ def test_under_uwsgi_a_hookless_fork_is_seen_at_the_first_put(collector: LocalCo
         "child-2",
         "parent-before",
     ]
+
+
+# A plain python process whose parent worker is held in a request (the receiver hangs the
+# first one) and already woken for the next batch when a C-level fork skips Python's hooks:
+# the child notices its new pid a batch later at most, and delivers what it logs after that.
+_HOOKLESS_FORK_WHILE_THE_WORKER_IS_BUSY = """
+import ctypes, logging, os, sys, time
+import segmentio_logging
+handler = segmentio_logging.SegmentHandler(
+    "k", host=sys.argv[1], batch_size=10, flush_interval=60, shutdown_timeout=1
+)
+logger = logging.getLogger("app")
+logger.addHandler(handler)
+for i in range(10):
+    logger.warning(f"parent-{i}", extra={"user_id": "p"})  # a full batch: its request hangs
+end = time.monotonic() + 30
+while handler.stats()["queued"] and time.monotonic() < end:
+    time.sleep(0.01)
+for i in range(10):
+    logger.warning(f"parent-{10 + i}", extra={"user_id": "p"})  # wakes the busy worker again
+pid = ctypes.PyDLL(None).fork()
+if pid == 0:
+    for i in range(30):
+        logger.warning(f"child-{i}", extra={"user_id": "c"})
+    ok = handler.flush(10) and handler.stats()["delivered"] >= 20
+    os._exit(0 if ok else 3)
+end = time.monotonic() + 30
+while time.monotonic() < end:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        os._exit(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else 0)
+    time.sleep(0.01)
+os.kill(pid, 9)
+os._exit(4)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_hookless_fork_while_the_worker_is_busy_is_seen_a_batch_later(
+    collector: LocalCollector,
+) -> None:
+    """A fork that ran no Python hook, made while the parent's worker was in a request and
+    already woken again, is noticed in the child within a batch: what the child logs after
+    that is its own and delivered, not held in the parent's inherited queue until it fills."""
+    collector.script(Reply(hang=True))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _HOOKLESS_FORK_WHILE_THE_WORKER_IS_BUSY, collector.url],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    finally:
+        release(collector)
+    assert result.returncode == 0, result.stderr
+    events = [m["event"] for m in collector.messages if m["userId"] == "c"]
+    assert len(events) >= 20
+    assert set(events) <= {f"child-{i}" for i in range(30)}
 
 
 class TestCloseBehindAHungRequest:

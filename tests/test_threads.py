@@ -86,6 +86,23 @@ def test_without_threads_a_handler_sends_full_batches_from_the_caller_and_the_re
     assert handler.stats()["delivered"] == 7
 
 
+def test_without_threads_a_queue_smaller_than_a_batch_goes_from_the_caller_once_full(
+    uwsgi: types.ModuleType, make_handler: Any, collector: Any, logger: Any
+) -> None:
+    """With max_queue_size below batch_size a full queue is a full batch: it goes from the
+    logging thread rather than the next record being dropped."""
+    uwsgi.opt = {}  # type: ignore[attr-defined]
+    uwsgi.version_info = (2, 0, 26, 0, "")  # type: ignore[attr-defined]
+    handler = make_handler(batch_size=100, max_queue_size=5, flush_interval=30)
+    logger.addHandler(handler)
+    for n in range(7):
+        logger.info("Song Played", extra={"user_id": f"u{n}"})
+    assert [m["userId"] for m in collector.messages] == [f"u{n}" for n in range(5)]
+    assert handler.stats()["dropped"] == 0
+    handler.close()
+    assert handler.stats()["delivered"] == 7
+
+
 @pytest.fixture
 def no_threads(uwsgi: types.ModuleType) -> types.ModuleType:
     """A uWSGI before 2.0.27 started without --enable-threads."""
