@@ -3,9 +3,9 @@
 The worker thread sends the batches it takes itself, so a quiet application
 has one thread and one connection. While a backlog is queued it starts extra
 sender threads, up to ``max_in_flight - 1`` of them, each taking full batches
-off the queue until it is empty, then ending: up to ``max_in_flight``
-requests are in flight at once, and order across concurrent batches is not
-kept (each message carries its timestamp).
+off the queue while there are any (all of it for a flush or the close), then
+ending: up to ``max_in_flight`` requests are in flight at once, and order
+across concurrent batches is not kept (each message carries its timestamp).
 
 Where no thread can run (uWSGI without threads) the threads that log send instead,
 through :meth:`Sender.send_if_due`: one request per call, never a backoff sleep,
