@@ -632,9 +632,23 @@ class TestSpoolOption:
             pipeline.close(2)
 
 
+# The end of each script below: the parent exits as its forked child did (30 s at most).
+_EXIT_AS_THE_CHILD = """
+end = time.monotonic() + 30
+while time.monotonic() < end:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        os._exit(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else 0)
+    time.sleep(0.01)
+os.kill(pid, 9)
+os._exit(4)
+"""
+
+
 # Run in a process of its own, with no thread but the main one at the fork: libc's
 # fork copies the interpreter's lock as it is, which is only sound with one thread.
-_HOOKLESS_FORK = """
+_HOOKLESS_FORK = (
+    """
 import ctypes, os, sys, time
 import segmentio_logging
 client = segmentio_logging.Client("k", host=sys.argv[1], sync_mode=True, max_retries=0)
@@ -644,15 +658,9 @@ if pid == 0:
     client.track("c", None, "child")
     os._exit(0 if client.stats()["delivered"] == 1 else 3)
 client.track("p", None, "parent-after")
-end = time.monotonic() + 20
-while time.monotonic() < end:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        sys.exit(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else 0)
-    time.sleep(0.01)
-os.kill(pid, 9)
-sys.exit(4)
 """
+    + _EXIT_AS_THE_CHILD
+)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -676,7 +684,8 @@ class TestForkWithoutHooks:
 
 # The same under an embedded interpreter that forks from C (uWSGI's module is there), with
 # the parent's worker running: every put compares pids, so the child's first event counts.
-_HOOKLESS_FORK_UNDER_UWSGI = """
+_HOOKLESS_FORK_UNDER_UWSGI = (
+    """
 import ctypes, logging, os, sys, time, types
 uwsgi = types.ModuleType("uwsgi")
 uwsgi.opt, uwsgi.version_info = {}, (2, 0, 31, 0, "")
@@ -694,15 +703,9 @@ if pid == 0:
         logger.warning(f"child-{i}", extra={"user_id": "c"})
     ok = handler.flush(10) and handler.stats()["delivered"] == 3
     os._exit(0 if ok else 3)
-end = time.monotonic() + 30
-while time.monotonic() < end:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        sys.exit(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else 0)
-    time.sleep(0.01)
-os.kill(pid, 9)
-sys.exit(4)
 """
+    + _EXIT_AS_THE_CHILD
+)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -728,7 +731,8 @@ def test_under_uwsgi_a_hookless_fork_is_seen_at_the_first_put(collector: LocalCo
 # A plain python process whose parent worker is held in a request (the receiver hangs the
 # first one) and already woken for the next batch when a C-level fork skips Python's hooks:
 # the child notices its new pid a batch later at most, and delivers what it logs after that.
-_HOOKLESS_FORK_WHILE_THE_WORKER_IS_BUSY = """
+_HOOKLESS_FORK_WHILE_THE_WORKER_IS_BUSY = (
+    """
 import ctypes, logging, os, sys, time
 import segmentio_logging
 handler = segmentio_logging.SegmentHandler(
@@ -749,15 +753,9 @@ if pid == 0:
         logger.warning(f"child-{i}", extra={"user_id": "c"})
     ok = handler.flush(10) and handler.stats()["delivered"] >= 20
     os._exit(0 if ok else 3)
-end = time.monotonic() + 30
-while time.monotonic() < end:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        os._exit(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else 0)
-    time.sleep(0.01)
-os.kill(pid, 9)
-os._exit(4)
 """
+    + _EXIT_AS_THE_CHILD
+)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
