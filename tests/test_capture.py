@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from segmentio_logging import InvalidMessage, MessageTooLarge
-from segmentio_logging._capture import (
+from segmentio_logging._capture import RecordMapper
+from segmentio_logging._captured import (
     GENERAL,
     GENERAL_ANONYMOUS_ID,
     GENERAL_BOUND,
@@ -34,7 +35,6 @@ from segmentio_logging._capture import (
     TRACK_PROPERTIES,
     TRACK_USER_ID,
     Captured,
-    RecordMapper,
 )
 from segmentio_logging._json import to_json_safe
 from segmentio_logging._message import build_message, encode
