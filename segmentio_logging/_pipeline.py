@@ -37,6 +37,20 @@ _getpid = os.getpid
 _serials = itertools.count(1)
 
 
+class _GateFlag:
+    """A flag of the pipeline that put()'s gate depends on: setting it sets the gate again."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._attr = "_" + name
+
+    def __get__(self, pipeline: Pipeline, owner: Optional[type] = None) -> bool:
+        return getattr(pipeline, self._attr)  # type: ignore[no-any-return]
+
+    def __set__(self, pipeline: Pipeline, value: bool) -> None:
+        setattr(pipeline, self._attr, value)
+        pipeline._set_room()
+
+
 def already_encoded(item: Any) -> Encoded:
     """The encode step of items queued as (message, bytes) already."""
     return item  # type: ignore[no-any-return]
@@ -120,32 +134,9 @@ class Pipeline:
 
     # Whether the pipeline is closed, delivers on the caller's thread (sync_mode, or no
     # thread can start), or does so only when a batch is due. Each sets put()'s gate.
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @closed.setter
-    def closed(self, value: bool) -> None:
-        self._closed = value
-        self._set_room()
-
-    @property
-    def inline(self) -> bool:
-        return self._inline
-
-    @inline.setter
-    def inline(self, value: bool) -> None:
-        self._inline = value
-        self._set_room()
-
-    @property
-    def deferred(self) -> bool:
-        return self._deferred
-
-    @deferred.setter
-    def deferred(self, value: bool) -> None:
-        self._deferred = value
-        self._set_room()
+    closed = _GateFlag()
+    inline = _GateFlag()
+    deferred = _GateFlag()
 
     def _set_room(self) -> None:
         """put()'s gate: the queue length below which an item is just appended. Closed,
